@@ -1,0 +1,153 @@
+"""The post-hoc calibrator interface, its registry, and safetensors + JSON persistence.
+
+Every calibrator is an ``nn.Module``: ``fit(logits, labels, features=None)`` learns its parameters
+on held-out data (never on test data) and returns ``self``; calling the fitted module on logits
+(and features, for sample-dependent methods) returns calibrated logits. The argmax never changes
+for the scaling methods. ``state_dict()`` / ``load_state_dict()`` come from ``nn.Module``;
+:meth:`Calibrator.save` and :func:`load_calibrator` write and read a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from nlpcal._registry import Registry
+from nlpcal.functional._checks import check_labels, check_logits
+
+__all__ = [
+    "Calibrator",
+    "create_calibrator",
+    "list_calibrators",
+    "load_calibrator",
+    "register_calibrator",
+]
+
+CONFIG_NAME = "calibrator.json"
+WEIGHTS_NAME = "calibrator.safetensors"
+
+_CALIBRATORS: Registry[Calibrator] = Registry("calibrator")
+
+
+def register_calibrator(name: str):
+    """Class decorator: register a :class:`Calibrator` under ``name`` (raises if taken)."""
+    return _CALIBRATORS.register(name)
+
+
+def create_calibrator(name: str, **kwargs: Any) -> Calibrator:
+    """Instantiate the calibrator registered as ``name``; unknown names list the available ones."""
+    import nlpcal.posthoc  # noqa: F401  (registers the built-in calibrators)
+
+    return _CALIBRATORS.create(name, **kwargs)
+
+
+def list_calibrators() -> list[str]:
+    """Names of every registered calibrator, sorted."""
+    import nlpcal.posthoc  # noqa: F401
+
+    return _CALIBRATORS.names()
+
+
+class Calibrator(nn.Module):
+    """Base class of post-hoc calibrators.
+
+    Subclasses implement :meth:`_fit` and :meth:`forward`, return their constructor arguments from
+    :meth:`config`, and keep every learned quantity in parameters or buffers (so ``state_dict``
+    holds the whole fitted state). ``requires_features`` marks methods that need penultimate
+    features (AdaTS).
+    """
+
+    name: ClassVar[str]
+    requires_features: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("fitted", torch.tensor(False), persistent=True)
+
+    # -- public API ----------------------------------------------------------------------------
+    def fit(self, logits: Any, labels: Any, features: Any | None = None) -> Calibrator:
+        """Fit on held-out ``logits`` ``(n, K)`` and integer ``labels`` ``(n,)``; returns ``self``."""
+        logits, labels, features = self._check_fit_inputs(logits, labels, features)
+        with torch.enable_grad():
+            self._fit(logits, labels, features)
+        self.fitted.fill_(True)
+        return self
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments that recreate this calibrator (JSON-serialisable)."""
+        return {}
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``calibrator.json`` and ``calibrator.safetensors`` into ``directory``.
+
+        Files are written to temporary names first and renamed, so a failed save leaves any
+        previous copy intact.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"name": self.name, "config": self.config()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p))
+        _atomic_write(
+            directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2))
+        )
+        return directory
+
+    # -- for subclasses ------------------------------------------------------------------------
+    def _fit(self, logits: Tensor, labels: Tensor, features: Tensor | None) -> None:
+        raise NotImplementedError
+
+    def _check_fit_inputs(
+        self, logits: Any, labels: Any, features: Any | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        logits = check_logits(logits)
+        if logits.shape[0] < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least 2 held-out examples to fit, got {logits.shape[0]}"
+            )
+        labels = check_labels(labels, logits.shape[0], logits.shape[1]).to(logits.device)
+        if self.requires_features:
+            if features is None:
+                raise ValueError(f"{type(self).__name__} needs penultimate features to fit")
+            features = check_logits(features, name="features")
+            if features.shape[0] != logits.shape[0]:
+                raise ValueError(
+                    f"features have {features.shape[0]} rows but logits have {logits.shape[0]}"
+                )
+        return logits, labels, features
+
+    def _check_call_inputs(self, logits: Any) -> Tensor:
+        if not bool(self.fitted):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call .fit() first")
+        return check_logits(logits)
+
+
+def load_calibrator(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Calibrator:
+    """Load a calibrator written by :meth:`Calibrator.save`."""
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"no saved calibrator at {directory}: {path.name} is missing")
+    meta = json.loads(config_path.read_text())
+    calibrator = create_calibrator(meta["name"], **meta.get("config", {}))
+    calibrator.load_state_dict(load_file(str(weights_path), device=str(map_location)))
+    return calibrator
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
