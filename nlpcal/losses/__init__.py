@@ -9,12 +9,24 @@ from nlpcal.losses.base import (
     register_loss,
 )
 from nlpcal.losses.cross_entropy import CrossEntropyLoss
+from nlpcal.losses.double_head import DoubleHeadLoss, TemperatureHead
+from nlpcal.losses.label_smoothing import LabelSmoothingLoss
+from nlpcal.losses.manifold_mixup import ManifoldMixupLoss
+from nlpcal.losses.ova import OneVsAllLoss
+from nlpcal.losses.regmixup import MixSite, RegMixupLoss
 
 __all__ = [
     "CalibrationLoss",
     "CrossEntropyLoss",
+    "DoubleHeadLoss",
+    "LabelSmoothingLoss",
     "LossContext",
     "LossOutput",
+    "ManifoldMixupLoss",
+    "MixSite",
+    "OneVsAllLoss",
+    "RegMixupLoss",
+    "TemperatureHead",
     "create_loss",
     "list_losses",
     "register_loss",

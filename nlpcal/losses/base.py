@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from nlpcal._registry import Registry
+from nlpcal.losses._modules import input_embeddings
 
 __all__ = [
     "CalibrationLoss",
@@ -116,6 +117,7 @@ class CalibrationLoss:
     * ``extra_inputs``: batch keys the loss consumes that the model must not receive.
     * ``deterministic``: the loss is a deterministic function of model and batch (no sampling),
       so gradient accumulation reproduces a large batch.
+    * ``default_calibrator``: the registered post-hoc calibrator that suits the method's outputs.
     """
 
     name: ClassVar[str]
@@ -123,6 +125,7 @@ class CalibrationLoss:
     requires_embeddings: ClassVar[bool] = False
     extra_inputs: ClassVar[tuple[str, ...]] = ()
     deterministic: ClassVar[bool] = True
+    default_calibrator: ClassVar[str] = "temperature"
 
     def __call__(self, model: nn.Module, inputs: Mapping[str, Any], ctx: LossContext) -> LossOutput:
         if "labels" not in inputs or inputs["labels"] is None:
@@ -137,11 +140,22 @@ class CalibrationLoss:
     # -- hooks ---------------------------------------------------------------------------------
     def prepare_model(self, model: nn.Module) -> None:
         """Check and adapt the model once, before the optimizer is built (heads, bias init)."""
-        if self.requires_embeddings and model.get_input_embeddings() is None:
-            raise ValueError(
-                f"the {self.name} loss mixes input embeddings, but {type(model).__name__} "
-                "has no input embeddings (get_input_embeddings() returned None)"
-            )
+        if self.requires_embeddings:
+            try:
+                input_embeddings(model)
+            except ValueError as err:
+                raise ValueError(
+                    f"the {self.name} loss feeds inputs_embeds to the model, but {err}"
+                ) from None
+
+    def trained_with(self, model: nn.Module) -> bool:
+        """Whether ``model`` was already prepared for (and trained with) this loss.
+
+        :class:`~nlpcal.CalibratedTrainer` records the loss name in ``model.config.nlpcal_loss``;
+        ``prepare_model`` uses this to keep, not re-initialise, weights of a trained model.
+        """
+        config = getattr(model, "config", None)
+        return getattr(config, "nlpcal_loss", None) == self.name
 
     def transform_logits(self, logits: Tensor, model: nn.Module | None = None) -> Tensor:
         """Map raw model logits to logits whose softmax is the predictive distribution."""
