@@ -1,1 +1,55 @@
-"""Pure tensor maths: tensors in, tensors out. No modules, no trainer, no I/O."""
+"""Pure tensor maths: tensors in, tensors out. No modules, no trainer, no I/O.
+
+Metrics take probabilities (``probs``) or logits (``logits``), as each signature says; numpy
+arrays and torch tensors on any device are accepted, and half precision is computed in float32.
+"""
+
+from nlpcal.functional.metrics import (
+    Binning,
+    Norm,
+    ReliabilityCurve,
+    accuracy,
+    brier_score,
+    calibration_metrics,
+    classwise_calibration_error,
+    debiased_calibration_error,
+    expected_calibration_error,
+    max_calibration_error,
+    negative_log_likelihood,
+    reliability_curve,
+)
+from nlpcal.functional.mixing import mix, mix_attention_masks, mixed_cross_entropy, sample_lambda
+from nlpcal.functional.ood import OODScore, ood_detection_metrics, ood_score
+from nlpcal.functional.ova import ova_log_probabilities, ova_loss, ova_probabilities
+from nlpcal.functional.selective import accuracy_at_coverage, aurc, risk_coverage_curve
+from nlpcal.functional.targets import smoothed_targets, soft_cross_entropy
+
+__all__ = [
+    "Binning",
+    "Norm",
+    "OODScore",
+    "ReliabilityCurve",
+    "accuracy",
+    "accuracy_at_coverage",
+    "aurc",
+    "brier_score",
+    "calibration_metrics",
+    "classwise_calibration_error",
+    "debiased_calibration_error",
+    "expected_calibration_error",
+    "max_calibration_error",
+    "mix",
+    "mix_attention_masks",
+    "mixed_cross_entropy",
+    "negative_log_likelihood",
+    "ood_detection_metrics",
+    "ood_score",
+    "ova_log_probabilities",
+    "ova_loss",
+    "ova_probabilities",
+    "reliability_curve",
+    "risk_coverage_curve",
+    "sample_lambda",
+    "smoothed_targets",
+    "soft_cross_entropy",
+]

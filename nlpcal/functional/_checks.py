@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["as_float", "check_labels", "check_logits", "check_probs"]
+__all__ = ["as_float", "check_labels", "check_logits", "check_probs", "check_scores"]
 
 _PROB_ATOL = 1e-3
 
@@ -57,7 +57,13 @@ def check_logits(logits: Any, name: str = "logits") -> Tensor:
 
 
 def check_probs(probs: Any, name: str = "probs", atol: float = _PROB_ATOL) -> Tensor:
-    """Validate probabilities of shape ``(n, K)``: finite, in [0, 1], rows summing to 1."""
+    """Validate probabilities of shape ``(n, K)``: finite, in [0, 1], rows summing to 1.
+
+    Half-precision rows are accepted with the rounding their dtype allows (bfloat16 sums to
+    1 ± 4e-3); the returned tensor is float32.
+    """
+    if isinstance(probs, Tensor) and probs.dtype in (torch.float16, torch.bfloat16):
+        atol = max(atol, 4 * torch.finfo(probs.dtype).eps)
     probs = as_float(probs, name)
     _check_2d(probs, name)
     lo, hi = torch.aminmax(probs)
@@ -75,6 +81,17 @@ def check_probs(probs: Any, name: str = "probs", atol: float = _PROB_ATOL) -> Te
             "these look like logits or unnormalised scores"
         )
     return probs
+
+
+def check_scores(scores: Any, name: str = "scores") -> Tensor:
+    """Validate a non-empty, finite, one-dimensional float tensor of per-example scores."""
+    scores = as_float(scores, name)
+    if scores.ndim != 1:
+        raise ValueError(f"{name} must have shape (n_examples,), got {tuple(scores.shape)}")
+    if scores.shape[0] == 0:
+        raise ValueError(f"{name} is empty: at least one example is needed")
+    _check_finite(scores, name)
+    return scores
 
 
 def check_labels(labels: Any, n_examples: int, num_classes: int, name: str = "labels") -> Tensor:

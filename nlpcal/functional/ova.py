@@ -6,7 +6,6 @@ With per-class sigmoids ``s_k = σ(z_k)``, the SLOVA probability of class ``k`` 
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -16,6 +15,7 @@ __all__ = ["ova_log_probabilities", "ova_loss", "ova_probabilities"]
 def ova_log_probabilities(logits: Tensor) -> Tensor:
     """``log q_k = log σ(z_k) + Σ_{j≠k} log(1 − σ(z_j))`` for one-vs-all logits ``(n, K)``.
 
+    >>> import torch
     >>> ova_log_probabilities(torch.tensor([[0.0, 0.0]])).exp()
     tensor([[0.2500, 0.2500]])
     """
@@ -32,6 +32,7 @@ def ova_probabilities(logits: Tensor) -> Tensor:
 def ova_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Per-example one-vs-all loss ``−log s_y − Σ_{k≠y} log(1 − s_k)``, shape ``(n,)``.
 
+    >>> import torch
     >>> ova_loss(torch.zeros(1, 3), torch.tensor([0])).item() == 3 * torch.log(torch.tensor(2.0)).item()
     True
     """
