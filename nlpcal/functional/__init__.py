@@ -21,6 +21,15 @@ from nlpcal.functional.metrics import (
 from nlpcal.functional.mixing import mix, mix_attention_masks, mixed_cross_entropy, sample_lambda
 from nlpcal.functional.ood import OODScore, ood_detection_metrics, ood_score
 from nlpcal.functional.ova import ova_log_probabilities, ova_loss, ova_probabilities
+from nlpcal.functional.scaling import (
+    confidence_exponent_nll,
+    fit_confidence_exponent,
+    fit_temperature,
+    fit_vector_scaling,
+    grid_search_temperature,
+    reference_temperature_grid,
+    temperature_nll,
+)
 from nlpcal.functional.selective import accuracy_at_coverage, aurc, risk_coverage_curve
 from nlpcal.functional.targets import smoothed_targets, soft_cross_entropy
 
@@ -35,8 +44,13 @@ __all__ = [
     "brier_score",
     "calibration_metrics",
     "classwise_calibration_error",
+    "confidence_exponent_nll",
     "debiased_calibration_error",
     "expected_calibration_error",
+    "fit_confidence_exponent",
+    "fit_temperature",
+    "fit_vector_scaling",
+    "grid_search_temperature",
     "max_calibration_error",
     "mix",
     "mix_attention_masks",
@@ -47,9 +61,11 @@ __all__ = [
     "ova_log_probabilities",
     "ova_loss",
     "ova_probabilities",
+    "reference_temperature_grid",
     "reliability_curve",
     "risk_coverage_curve",
     "sample_lambda",
     "smoothed_targets",
     "soft_cross_entropy",
+    "temperature_nll",
 ]

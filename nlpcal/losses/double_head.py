@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.utils import ModelOutput
 
 from nlpcal.losses._modules import num_labels, unwrap_model
 from nlpcal.losses.base import CalibrationLoss, LossContext, LossOutput, register_loss
 
 HEAD_NAME = "nlpcal_calibration_head"
+TEMPERATURE_KEY = "nlpcal_temperature"
 
 
 class TemperatureHead(nn.Module):
@@ -117,6 +121,10 @@ class DoubleHeadLoss(CalibrationLoss):
         if k < 2:
             raise ValueError(f"the double_head loss needs at least 2 classes, got num_labels={k}")
         existing = getattr(inner, HEAD_NAME, None)
+        if not getattr(inner, "_nlpcal_temperature_hook", False):
+            # The head runs inside the model's forward, so DDP sees its parameters used there.
+            inner.register_forward_hook(_add_temperature)
+            inner._nlpcal_temperature_hook = True
         if existing is not None:
             if not (
                 isinstance(existing, TemperatureHead)
@@ -134,12 +142,13 @@ class DoubleHeadLoss(CalibrationLoss):
         inner.add_module(HEAD_NAME, head.to(device=reference.device, dtype=reference.dtype))
 
     def compute(self, model: nn.Module, inputs: Mapping[str, Any], ctx: LossContext) -> LossOutput:
-        head = _head(model)
+        _head(model)
         labels = inputs["labels"]
-        logits = model(**self.model_inputs(inputs)).logits
+        outputs = model(**self.model_inputs(inputs))
+        logits = outputs.logits
         ce = F.cross_entropy(logits.float(), labels, reduction="none")
         detached = logits.detach()
-        temperature = _temperature(head, detached)
+        temperature = outputs[TEMPERATURE_KEY]
         beta = self.beta(ctx.progress)
         applied = (1.0 - beta) + beta * temperature
         head_t = applied if self.anneal_head_loss else temperature
@@ -178,6 +187,31 @@ def _head(model: nn.Module) -> TemperatureHead:
             "DoubleHeadLoss.prepare_model(model) before training or transforming logits"
         )
     return head
+
+
+def _add_temperature(module: nn.Module, args: Any, output: Any) -> Any:
+    """Forward hook: add ``T(z.detach())`` to the model's output under ``TEMPERATURE_KEY``.
+
+    The output is rebuilt as a dataclass subclass of its own type with one more field, since DDP
+    flattens and rebuilds model outputs from their declared fields.
+    """
+    head = getattr(module, HEAD_NAME, None)
+    if not (isinstance(head, TemperatureHead) and isinstance(output, ModelOutput)):
+        return output
+    temperature = _temperature(head, output["logits"].detach())
+    return _with_temperature(type(output))(**output, **{TEMPERATURE_KEY: temperature})
+
+
+@functools.cache
+def _with_temperature(cls: type[ModelOutput]) -> type[ModelOutput]:
+    if TEMPERATURE_KEY in getattr(cls, "__dataclass_fields__", {}):
+        return cls
+    return dataclasses.make_dataclass(
+        f"{cls.__name__}WithTemperature",
+        [(TEMPERATURE_KEY, Tensor | None, dataclasses.field(default=None))],
+        bases=(cls,),
+        namespace={"__module__": __name__},
+    )
 
 
 def _temperature(head: TemperatureHead, logits: Tensor) -> Tensor:

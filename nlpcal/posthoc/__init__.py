@@ -1,5 +1,6 @@
-"""Post-hoc calibrators fitted on held-out logits."""
+"""Post-hoc calibrators fitted on held-out logits (never on test data)."""
 
+from nlpcal.posthoc.adats import AdaTS
 from nlpcal.posthoc.base import (
     Calibrator,
     create_calibrator,
@@ -7,5 +8,18 @@ from nlpcal.posthoc.base import (
     load_calibrator,
     register_calibrator,
 )
+from nlpcal.posthoc.exponential import ExponentialCalibrator
+from nlpcal.posthoc.temperature import TemperatureScaler
+from nlpcal.posthoc.vector import VectorScaler
 
-__all__ = ["Calibrator", "create_calibrator", "list_calibrators", "load_calibrator", "register_calibrator"]
+__all__ = [
+    "AdaTS",
+    "Calibrator",
+    "ExponentialCalibrator",
+    "TemperatureScaler",
+    "VectorScaler",
+    "create_calibrator",
+    "list_calibrators",
+    "load_calibrator",
+    "register_calibrator",
+]

@@ -9,9 +9,11 @@ for the scaling methods. ``state_dict()`` / ``load_state_dict()`` come from ``nn
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -87,17 +89,20 @@ class Calibrator(nn.Module):
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``calibrator.json`` and ``calibrator.safetensors`` into ``directory``.
 
-        Files are written to temporary names first and renamed, so a failed save leaves any
-        previous copy intact.
+        Both files are written in full to temporary names (the config is serialised before
+        anything is written) and only then renamed over the old ones, so a failed save leaves
+        any previous copy intact.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {"name": self.name, "config": self.config()}
+        meta = json.dumps({"name": self.name, "config": self.config()}, indent=2)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p))
-        _atomic_write(
-            directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2))
-        )
+        with (
+            _staged(directory / WEIGHTS_NAME) as weights_tmp,
+            _staged(directory / CONFIG_NAME) as config_tmp,
+        ):
+            save_file(tensors, weights_tmp)
+            Path(config_tmp).write_text(meta)
         return directory
 
     # -- for subclasses ------------------------------------------------------------------------
@@ -129,7 +134,9 @@ class Calibrator(nn.Module):
         return check_logits(logits)
 
 
-def load_calibrator(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Calibrator:
+def load_calibrator(
+    directory: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> Calibrator:
     """Load a calibrator written by :meth:`Calibrator.save`."""
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -142,11 +149,16 @@ def load_calibrator(directory: str | os.PathLike, map_location: str | torch.devi
     return calibrator
 
 
-def _atomic_write(path: Path, write) -> None:
+@contextlib.contextmanager
+def _staged(path: Path) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
+
+    Nested stages rename innermost first, and only after every block body has succeeded.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

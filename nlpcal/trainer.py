@@ -1,0 +1,409 @@
+"""``CalibratedTrainer``: a ``transformers.Trainer`` with pluggable calibration losses.
+
+It overrides the documented hooks only: ``compute_loss`` delegates to the configured
+:class:`~nlpcal.losses.CalibrationLoss`; ``prediction_step`` returns raw logits (and penultimate
+features when the post-hoc calibrator needs them); ``evaluate`` scores any number of named eval
+sets, in-domain and out-of-domain; ``train`` fits the post-hoc calibrator afterwards; ``save_model``
+stores the calibration with the model; ``log`` flushes the loss's own diagnostics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, speed_metrics
+
+from nlpcal.args import calibration_settings
+from nlpcal.functional.metrics import calibration_metrics
+from nlpcal.functional.ood import ood_detection_metrics
+from nlpcal.functional.selective import aurc
+from nlpcal.hub import save_calibration
+from nlpcal.losses import CalibrationLoss, LossContext, create_loss
+from nlpcal.posthoc import Calibrator, create_calibrator
+
+__all__ = ["CalibratedTrainer", "Predictions"]
+
+LOSS_STATE_NAME = "nlpcal_loss_state.json"
+
+
+@dataclass
+class Predictions:
+    """Predictions of a model on one dataset, gathered over processes.
+
+    Attributes:
+        logits: the loss's predictive logits (``transform_logits`` of the raw logits), ``(n, K)``.
+        ood_score: per-example in-distribution score from the raw logits, ``(n,)``.
+        labels: integer labels ``(n,)``, or ``None`` for an unlabelled set.
+        features: penultimate features ``(n, H)`` when a calibrator needs them, else ``None``.
+    """
+
+    logits: Tensor
+    ood_score: Tensor
+    labels: Tensor | None
+    features: Tensor | None = None
+
+
+class CalibratedTrainer(Trainer):
+    """A ``Trainer`` whose loss, evaluation and saving are calibration-aware.
+
+    Args:
+        model: an ``AutoModelForSequenceClassification``-style model (returns ``.logits``).
+        args: :class:`~nlpcal.CalibrationArguments`, or a plain ``TrainingArguments`` (then the
+            calibration defaults apply: cross-entropy, automatic post-hoc calibrator).
+        loss: overrides ``args.calibration_loss``: a registered name or a loss instance.
+        calibrator: a fitted :class:`~nlpcal.posthoc.Calibrator` to use from the start.
+        calibration_dataset: held-out data the post-hoc calibrator is fitted on after training
+            (default: the eval set named by ``args.calibration_set``).
+        **kwargs: everything ``transformers.Trainer`` takes (train_dataset, eval_dataset as one
+            dataset or a dict of named datasets, processing_class, data_collator, callbacks, ...).
+
+    Example:
+        >>> from nlpcal import CalibratedTrainer, CalibrationArguments  # doctest: +SKIP
+        >>> args = CalibrationArguments("out", calibration_loss="label_smoothing",
+        ...                             calibration_set="dev", ood_sets=["imdb"])  # doctest: +SKIP
+        >>> trainer = CalibratedTrainer(model, args, train_dataset=train,
+        ...     eval_dataset={"sst2": test, "dev": dev, "imdb": imdb})  # doctest: +SKIP
+        >>> trainer.train(); trainer.evaluate()["eval_imdb_ece"]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: Any = None,
+        *,
+        loss: str | CalibrationLoss | None = None,
+        calibrator: Calibrator | None = None,
+        calibration_dataset: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if model is None:
+            raise ValueError("CalibratedTrainer needs a model (model_init is not supported)")
+        self.calibration = calibration_settings(args)
+        if isinstance(loss, CalibrationLoss):
+            self.calibration_loss = loss
+        else:
+            name = loss or self.calibration["calibration_loss"]
+            self.calibration_loss = create_loss(name, **self.calibration["loss_kwargs"])
+        self.calibration_loss.prepare_model(model)
+        model.config.nlpcal_loss = self.calibration_loss.name
+        super().__init__(model=model, args=args, **kwargs)
+        # compute_loss normalises by num_items_in_batch itself; this makes the Trainer count it
+        # and skip its own division by the gradient-accumulation steps.
+        self.model_accepts_loss_kwargs = True
+        self.calibrator = calibrator
+        self.calibration_dataset = calibration_dataset
+        self._diagnostics: dict[str, Tensor] = {}
+        self._diagnostic_steps = 0
+        self._collect_features = False
+        for callback in self.calibration_loss.callbacks():
+            self.add_callback(callback)
+        self.add_callback(_SaveLossState(self))
+
+    # -- training --------------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Tensor | int | None = None,
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        ctx = LossContext(
+            num_items_in_batch=num_items_in_batch,
+            progress=self.state.global_step / max(self.state.max_steps, 1),
+            trainer=self,
+        )
+        out = self.calibration_loss(model, inputs, ctx)
+        loss = out.loss
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts every process's examples while DDP averages gradients.
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        if model.training:
+            for key, value in out.logs.items():
+                self._diagnostics[key] = self._diagnostics.get(key, 0.0) + value.detach().float()
+            self._diagnostic_steps += 1
+        return (loss, {"logits": out.logits}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._diagnostic_steps:
+            prefix = self.calibration_loss.name
+            for key, total in self._diagnostics.items():
+                logs[f"{prefix}/{key}"] = round(float(total) / self._diagnostic_steps, 6)
+            self._diagnostics.clear()
+            self._diagnostic_steps = 0
+        super().log(logs, start_time)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any):
+        if self.train_dataset is not None:
+            _check_dataset_labels(self.train_dataset, "train_dataset", self.model.config.num_labels)
+        if resume_from_checkpoint:
+            checkpoint = resume_from_checkpoint
+            if checkpoint is True:
+                checkpoint = get_last_checkpoint(self.args.output_dir)
+                if checkpoint is None:
+                    raise ValueError(f"no checkpoint found in output_dir {self.args.output_dir}")
+            state_file = Path(checkpoint) / LOSS_STATE_NAME
+            if state_file.is_file():
+                self.calibration_loss.load_state_dict(json.loads(state_file.read_text()))
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        if self.calibration["posthoc"] is not None and self._calibration_data() is not None:
+            self.calibrate()
+        return output
+
+    # -- post-hoc calibration ----------------------------------------------------------------------
+    def calibrate(self, dataset: Any = None) -> Calibrator:
+        """Fit the post-hoc calibrator on held-out ``dataset`` and log NLL/ECE before and after.
+
+        ``dataset`` defaults to ``calibration_dataset`` or the eval set named by
+        ``args.calibration_set``. Never pass test data.
+        """
+        dataset = dataset if dataset is not None else self._calibration_data()
+        if dataset is None:
+            raise ValueError(
+                "no calibration data: pass calibration_dataset= to the trainer, set "
+                "args.calibration_set to the name of a held-out eval set, or call calibrate(dataset)"
+            )
+        name = self._posthoc_name()
+        if name is None:
+            raise ValueError("post-hoc calibration is disabled (args.posthoc is 'none')")
+        calibrator = create_calibrator(name, **self.calibration["posthoc_kwargs"])
+        needs_features = calibrator.requires_features
+        preds = self._predict(dataset, "calibration", features=needs_features)
+        if preds.labels is None:
+            raise ValueError("the calibration dataset has no labels")
+        calibrator.fit(preds.logits, preds.labels, preds.features)
+        self.calibrator = calibrator
+        bins = self.calibration["ece_bins"]
+        before = calibration_metrics(preds.logits.softmax(-1), preds.labels, n_bins=bins)
+        after = calibration_metrics(self.calibrated_probs(preds), preds.labels, n_bins=bins)
+        logs = {f"calibration_{k}_before": float(before[k]) for k in ("ece", "nll", "brier")}
+        logs.update({f"calibration_{k}_after": float(after[k]) for k in ("ece", "nll", "brier")})
+        self.log(logs)
+        return calibrator
+
+    def _posthoc_name(self) -> str | None:
+        name = self.calibration["posthoc"]
+        if name == "auto":
+            return self.calibration_loss.default_calibrator
+        return name
+
+    def _calibration_data(self) -> Any:
+        if self.calibration_dataset is not None:
+            return self.calibration_dataset
+        name = self.calibration["calibration_set"]
+        if name is None:
+            return None
+        if not isinstance(self.eval_dataset, Mapping) or name not in self.eval_dataset:
+            available = sorted(self.eval_dataset) if isinstance(self.eval_dataset, Mapping) else []
+            raise ValueError(
+                f"calibration_set {name!r} is not an eval set; eval_dataset names: {available}"
+            )
+        return self.eval_dataset[name]
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate(
+        self,
+        eval_dataset: Any = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """Score every eval set: accuracy, ECE, MCE, Brier, NLL, AURC, before and after calibration.
+
+        With a dict of named sets, keys are ``{prefix}_{set}_{metric}``, metrics after post-hoc
+        calibration are ``{prefix}_{set}_{calibrator}_{metric}``, and each out-of-domain set
+        (``args.ood_sets``) gets ``{prefix}_{set}_ood_auroc`` (and AUPR-in/out, FPR@95%TPR)
+        against the in-domain set, with in-distribution as the positive class. ``ignore_keys`` is
+        accepted for compatibility; only logits are collected.
+        """
+        start = time.time()
+        sets = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if sets is None:
+            raise ValueError("evaluate needs an eval_dataset")
+        named = dict(sets) if isinstance(sets, Mapping) else {None: sets}
+        preds = {name: self.predictions(ds, name or "eval") for name, ds in named.items()}
+        metrics: dict[str, float] = {}
+        for name, pred in preds.items():
+            key = f"{metric_key_prefix}_{name}" if name else metric_key_prefix
+            metrics.update(self._set_metrics(pred, key))
+        metrics.update(self._ood_metrics(preds, metric_key_prefix))
+        n_samples = sum(len(p.ood_score) for p in preds.values())
+        metrics.update(speed_metrics(metric_key_prefix, start, num_samples=n_samples))
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def predictions(self, dataset: Any, name: str = "predict") -> Predictions:
+        """Uncalibrated predictive logits, OOD scores and labels of the model on ``dataset``."""
+        needs_features = self.calibrator is not None and self.calibrator.requires_features
+        return self._predict(dataset, name, features=needs_features)
+
+    def calibrated_probs(self, preds: Predictions) -> Tensor:
+        """Class probabilities after the post-hoc calibrator (plain softmax if none is fitted)."""
+        if self.calibrator is None:
+            return preds.logits.float().softmax(-1)
+        with torch.no_grad():
+            return self.calibrator(preds.logits, preds.features).float().softmax(-1)
+
+    def _set_metrics(self, pred: Predictions, key: str) -> dict[str, float]:
+        if pred.labels is None:
+            return {}
+        bins = self.calibration["ece_bins"]
+        variants = {"": pred.logits.float().softmax(-1)}
+        if self.calibrator is not None:
+            variants[f"{self.calibrator.name}_"] = self.calibrated_probs(pred)
+        metrics = {f"{key}_loss": float(F.cross_entropy(pred.logits.float(), pred.labels))}
+        for tag, probs in variants.items():
+            values = calibration_metrics(probs, pred.labels, n_bins=bins)
+            confidence, prediction = probs.max(dim=-1)
+            values["aurc"] = aurc(confidence, prediction == pred.labels)
+            metrics.update({f"{key}_{tag}{k}": float(v) for k, v in values.items()})
+        return metrics
+
+    def _ood_metrics(self, preds: Mapping[str | None, Predictions], prefix: str) -> dict[str, float]:
+        ood_names = self.calibration["ood_sets"]
+        if not ood_names:
+            return {}
+        missing = [n for n in ood_names if n not in preds]
+        if missing:
+            raise ValueError(f"ood_sets {missing} are not among the eval sets {sorted(map(str, preds))}")
+        in_name = self.calibration["in_domain_set"] or next(
+            (n for n in preds if n not in ood_names and n != self.calibration["calibration_set"]),
+            None,
+        )
+        if in_name not in preds:
+            raise ValueError(
+                f"in-domain set {in_name!r} is not among the eval sets {sorted(map(str, preds))}"
+            )
+        score_in = preds[in_name].ood_score
+        metrics = {}
+        for name in ood_names:
+            values = ood_detection_metrics(score_in, preds[name].ood_score)
+            metrics.update({f"{prefix}_{name}_ood_{k}": float(v) for k, v in values.items()})
+        return metrics
+
+    def _predict(
+        self, dataset: Any, name: str, features: bool = False
+    ) -> Predictions:
+        if isinstance(dataset, str):
+            dataset = self.eval_dataset[dataset]
+        if hasattr(dataset, "column_names"):
+            _check_dataset_labels(dataset, f"eval set {name!r}", self.model.config.num_labels, required=False)
+        self._collect_features = features
+        try:
+            output = self.evaluation_loop(
+                self.get_eval_dataloader(dataset),
+                description=f"Predicting {name}",
+                prediction_loss_only=False,
+                metric_key_prefix=name,
+            )
+        finally:
+            self._collect_features = False
+        raw, feats = (output.predictions if features else (output.predictions, None))
+        if raw is None or len(raw) == 0:
+            raise ValueError(f"eval set {name!r} is empty")
+        raw = torch.as_tensor(np.asarray(raw))
+        model = self.accelerator.unwrap_model(self.model)
+        with torch.no_grad():
+            z = raw.to(self.args.device)
+            logits = self.calibration_loss.transform_logits(z, model).float().cpu()
+            ood = self.calibration_loss.ood_score(z, model).float().cpu()
+        labels = None if output.label_ids is None else torch.as_tensor(np.asarray(output.label_ids)).long()
+        return Predictions(
+            logits=logits,
+            ood_score=ood,
+            labels=labels,
+            features=None if feats is None else torch.as_tensor(np.asarray(feats)).float(),
+        )
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[Tensor | None, Tensor | tuple[Tensor, Tensor] | None, Tensor | None]:
+        """Raw logits (and first-token features if needed); the loss is the predictive NLL."""
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        features = self._collect_features
+        with torch.no_grad():
+            outputs = model(
+                **self.calibration_loss.model_inputs(inputs), output_hidden_states=features or None
+            )
+            logits = outputs.logits
+            loss = None
+            if labels is not None:
+                unwrapped = self.accelerator.unwrap_model(model)
+                predictive = self.calibration_loss.transform_logits(logits, unwrapped)
+                loss = F.cross_entropy(predictive.float(), labels).detach()
+        if prediction_loss_only:
+            return loss, None, None
+        if features:
+            return loss, (logits, outputs.hidden_states[-1][:, 0]), labels
+        return loss, logits, labels
+
+    # -- saving --------------------------------------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model as ``Trainer`` does, plus the loss and the fitted calibrator."""
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            save_calibration(
+                output_dir if output_dir is not None else self.args.output_dir,
+                self.calibration_loss,
+                self.calibrator,
+            )
+
+
+class _SaveLossState(TrainerCallback):
+    """Writes the loss's training state into each checkpoint folder (restored by ``train``)."""
+
+    def __init__(self, trainer: CalibratedTrainer) -> None:
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        loss_state = self.trainer.calibration_loss.state_dict()
+        if loss_state and args.should_save:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{LOSS_STATE_NAME}.tmp"
+            tmp.write_text(json.dumps(loss_state))
+            os.replace(tmp, folder / LOSS_STATE_NAME)
+        return control
+
+
+def _check_dataset_labels(dataset: Any, what: str, num_labels: int, required: bool = True) -> None:
+    """Fail early, naming the problem, when a dataset's labels do not fit the model."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:
+        return
+    column = next((c for c in ("labels", "label") if c in columns), None)
+    if column is None:
+        if required:
+            raise ValueError(f"{what} has no 'label' or 'labels' column; columns: {columns}")
+        return
+    if len(dataset) == 0:
+        raise ValueError(f"{what} is empty")
+    feature = dataset.features.get(column) if hasattr(dataset, "features") else None
+    n_names = getattr(feature, "num_classes", None)
+    if n_names is not None and n_names != num_labels:
+        raise ValueError(
+            f"{what} has {n_names} classes ({feature.names}) but the model has num_labels={num_labels}"
+        )
+    labels = np.asarray(dataset[column])
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{what}: '{column}' must hold integer class indices, got {labels.dtype}")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_labels:
+        raise ValueError(
+            f"{what}: labels lie in [{lo}, {hi}] but the model has num_labels={num_labels}"
+        )

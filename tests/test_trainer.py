@@ -1,0 +1,241 @@
+"""CalibratedTrainer on tiny random models: training, evaluation, calibration, saving, resuming."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, Features, Sequence, Value
+from transformers import TrainingArguments
+
+from nlpcal import CalibratedTrainer, CalibrationArguments, list_losses, load_calibrated
+from tests.conftest import NUM_LABELS, tiny_model
+
+SEQ_LEN = 10
+
+
+def signal_dataset(n: int = 64, seed: int = 0, shift: int = 0) -> Dataset:
+    """Labels are written into the sequence as a marker token, so a model can learn them.
+
+    ``shift`` moves the filler tokens to another part of the vocabulary (a covariate shift).
+    """
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, NUM_LABELS, (n,), generator=g)
+    ids = torch.randint(10 + shift, 40 + shift, (n, SEQ_LEN), generator=g)
+    ids[:, 1] = 1 + labels  # marker tokens 1..K
+    lengths = torch.randint(SEQ_LEN - 3, SEQ_LEN + 1, (n,), generator=g)
+    mask = (torch.arange(SEQ_LEN)[None] < lengths[:, None]).long()
+    ids = ids.masked_fill(mask == 0, 0)
+    features = Features(
+        {
+            "input_ids": Sequence(Value("int64")),
+            "attention_mask": Sequence(Value("int64")),
+            "label": ClassLabel(names=[f"c{k}" for k in range(NUM_LABELS)]),
+        }
+    )
+    return Dataset.from_dict(
+        {"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "label": labels.tolist()},
+        features=features,
+    )
+
+
+def make_args(tmp_path, **overrides) -> CalibrationArguments:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        learning_rate=5e-3,
+        max_steps=4,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=2,
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    defaults.update(overrides)
+    return CalibrationArguments(**defaults)
+
+
+def params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+@pytest.mark.parametrize("loss", list_losses())
+def test_every_loss_trains_and_logs_its_diagnostics(tmp_path, loss):
+    model = tiny_model("bert")
+    trainer = CalibratedTrainer(
+        model, make_args(tmp_path, calibration_loss=loss), train_dataset=signal_dataset()
+    )
+    before = params(model)
+    trainer.train()
+    after = params(model)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert "classifier.weight" in changed
+    assert len(changed) > len(before) // 2
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert any(k.startswith(f"{loss}/") for k in logged), logged
+
+
+def test_evaluate_reports_every_set_with_ood_detection(tmp_path):
+    args = make_args(tmp_path, ood_sets=["shifted"], in_domain_set="clean", posthoc="none")
+    trainer = CalibratedTrainer(
+        tiny_model("roberta"),
+        args,
+        train_dataset=signal_dataset(),
+        eval_dataset={"clean": signal_dataset(40, seed=1), "shifted": signal_dataset(30, seed=2, shift=50)},
+    )
+    metrics = trainer.evaluate()
+    for name in ("clean", "shifted"):
+        for metric in ("accuracy", "ece", "mce", "brier", "nll", "aurc", "loss"):
+            assert math.isfinite(metrics[f"eval_{name}_{metric}"]), (name, metric)
+    for metric in ("auroc", "aupr_in", "aupr_out", "fpr95"):
+        assert 0.0 <= metrics[f"eval_shifted_ood_{metric}"] <= 1.0
+    assert "eval_clean_ood_auroc" not in metrics
+    # The predictive NLL is the reported loss.
+    assert metrics["eval_clean_loss"] == pytest.approx(metrics["eval_clean_nll"], rel=1e-4)
+
+
+def test_single_eval_set_keeps_plain_prefix(tmp_path):
+    trainer = CalibratedTrainer(
+        tiny_model("distilbert"), make_args(tmp_path), eval_dataset=signal_dataset(20)
+    )
+    metrics = trainer.evaluate()
+    assert {"eval_accuracy", "eval_ece", "eval_brier", "eval_nll"} <= set(metrics)
+
+
+def test_posthoc_calibrator_fitted_after_training_and_survives_save_load(tmp_path):
+    args = make_args(tmp_path, calibration_set="dev", max_steps=6)
+    evals = {"test": signal_dataset(40, seed=1), "dev": signal_dataset(48, seed=3)}
+    trainer = CalibratedTrainer(tiny_model("bert"), args, train_dataset=signal_dataset(), eval_dataset=evals)
+    trainer.train()
+    assert trainer.calibrator is not None and trainer.calibrator.name == "temperature"
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert {"calibration_nll_before", "calibration_nll_after"} <= logged
+    metrics = trainer.evaluate()
+    assert "eval_test_temperature_ece" in metrics
+    # Fitting minimises NLL on the calibration split: it cannot get worse there.
+    assert metrics["eval_dev_temperature_nll"] <= metrics["eval_dev_nll"] + 1e-6
+
+    trainer.save_model(str(tmp_path / "saved"))
+    loaded = load_calibrated(tmp_path / "saved")
+    assert loaded.calibrator is not None
+    assert torch.allclose(loaded.calibrator.temperature, trainer.calibrator.temperature)
+    batch = evals["test"][:8]
+    inputs = {k: torch.tensor(batch[k]) for k in ("input_ids", "attention_mask")}
+    preds = trainer.predictions(evals["test"].select(range(8)))
+    expected = trainer.calibrated_probs(preds)
+    assert torch.allclose(loaded(**inputs).softmax(-1), expected, atol=1e-5)
+
+
+def test_double_head_is_saved_and_restored(tmp_path):
+    args = make_args(tmp_path, calibration_loss="double_head", posthoc="none")
+    trainer = CalibratedTrainer(tiny_model("bert"), args, train_dataset=signal_dataset())
+    trainer.train()
+    trainer.save_model(str(tmp_path / "saved"))
+    loaded = load_calibrated(tmp_path / "saved")
+    head = trainer.model.nlpcal_calibration_head.state_dict()
+    restored = loaded.model.nlpcal_calibration_head.state_dict()
+    assert head.keys() == restored.keys()
+    for key in head:
+        assert torch.equal(head[key].cpu(), restored[key])
+
+
+def test_resume_from_checkpoint_continues_identically(tmp_path):
+    def run(output_dir, resume=None):
+        args = make_args(
+            tmp_path, output_dir=str(output_dir), max_steps=6, save_strategy="steps", save_steps=3,
+            calibration_loss="label_smoothing",
+        )
+        trainer = CalibratedTrainer(tiny_model("bert"), args, train_dataset=signal_dataset())
+        trainer.train(resume_from_checkpoint=resume)
+        return params(trainer.model)
+
+    straight = run(tmp_path / "a")
+    resumed = run(tmp_path / "a", resume=str(tmp_path / "a" / "checkpoint-3"))
+    for key in straight:
+        assert torch.allclose(straight[key], resumed[key], atol=1e-6), key
+
+
+@pytest.mark.parametrize("loss", [n for n in list_losses() if n not in ("regmixup", "manifold_mixup")])
+def test_gradient_accumulation_matches_large_batch(tmp_path, loss):
+    def run(batch, accumulation):
+        args = make_args(
+            tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+            max_steps=1, optim="sgd", learning_rate=0.5, calibration_loss=loss, warmup_steps=0,
+        )
+        trainer = CalibratedTrainer(tiny_model("bert"), args, train_dataset=signal_dataset(8))
+        trainer.train()
+        return params(trainer.model)
+
+    large, accumulated = run(8, 1), run(4, 2)
+    for key in large:
+        assert torch.allclose(large[key], accumulated[key], atol=1e-5), key
+
+
+def test_plain_training_arguments_are_accepted(tmp_path):
+    args = TrainingArguments(str(tmp_path / "o"), max_steps=2, report_to="none", use_cpu=True)
+    trainer = CalibratedTrainer(tiny_model("bert"), args, train_dataset=signal_dataset(16))
+    assert trainer.calibration_loss.name == "cross_entropy"
+    trainer.train()
+
+
+def test_loss_instance_and_name_override_args(tmp_path):
+    from nlpcal.losses import create_loss
+
+    trainer = CalibratedTrainer(tiny_model("bert"), make_args(tmp_path), loss="label_smoothing")
+    assert trainer.calibration_loss.name == "label_smoothing"
+    loss = create_loss("label_smoothing", alpha=0.2)
+    trainer = CalibratedTrainer(tiny_model("bert"), make_args(tmp_path), loss=loss)
+    assert trainer.calibration_loss is loss
+
+
+def test_unknown_loss_lists_available(tmp_path):
+    with pytest.raises(ValueError, match="available: .*cross_entropy"):
+        CalibratedTrainer(tiny_model("bert"), make_args(tmp_path, calibration_loss="nope"))
+
+
+def test_label_count_mismatch_is_reported(tmp_path):
+    trainer = CalibratedTrainer(
+        tiny_model("bert", num_labels=2), make_args(tmp_path), train_dataset=signal_dataset()
+    )
+    with pytest.raises(ValueError, match="3 classes .* num_labels=2"):
+        trainer.train()
+
+
+def test_labels_out_of_range_are_reported(tmp_path):
+    ds = signal_dataset().cast_column("label", Value("int64")).map(lambda r: {"label": r["label"] + 5})
+    trainer = CalibratedTrainer(tiny_model("bert"), make_args(tmp_path), train_dataset=ds)
+    with pytest.raises(ValueError, match=r"labels lie in \[5, 7\] but the model has num_labels=3"):
+        trainer.train()
+
+
+def test_missing_labels_are_reported(tmp_path):
+    ds = signal_dataset().remove_columns("label")
+    trainer = CalibratedTrainer(tiny_model("bert"), make_args(tmp_path), train_dataset=ds)
+    with pytest.raises(ValueError, match="no 'label' or 'labels' column"):
+        trainer.train()
+
+
+def test_embedding_loss_needs_input_embeddings(tmp_path):
+    model = tiny_model("bert")
+    model.get_input_embeddings = lambda: None
+    with pytest.raises(ValueError, match="no input embeddings"):
+        CalibratedTrainer(model, make_args(tmp_path, calibration_loss="regmixup"))
+
+
+def test_calibrate_without_data_says_what_to_pass(tmp_path):
+    trainer = CalibratedTrainer(tiny_model("bert"), make_args(tmp_path))
+    with pytest.raises(ValueError, match="calibration_dataset"):
+        trainer.calibrate()
+
+
+def test_unknown_calibration_set_is_reported(tmp_path):
+    args = make_args(tmp_path, calibration_set="validation")
+    trainer = CalibratedTrainer(
+        tiny_model("bert"), args, train_dataset=signal_dataset(), eval_dataset={"test": signal_dataset(8)}
+    )
+    with pytest.raises(ValueError, match="calibration_set 'validation' is not an eval set"):
+        trainer.train()
+
