@@ -45,7 +45,12 @@ def worker(model_name: str, config: str) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, BertConfig, Trainer, TrainerCallback
+    from transformers import (
+        AutoModelForSequenceClassification,
+        BertConfig,
+        Trainer,
+        TrainerCallback,
+    )
 
     from nlpcal import CalibratedTrainer, CalibrationArguments
     from nlpcal.pipeline import DEFAULT_MODEL, resolve_model_path
@@ -53,8 +58,14 @@ def worker(model_name: str, config: str) -> dict:
     batch, seq_len, warmup, steps = MODELS[model_name]
     torch.manual_seed(0)
     if model_name == "tiny":
-        cfg = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=128, num_labels=2)
+        cfg = BertConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            num_labels=2,
+        )
         model = AutoModelForSequenceClassification.from_config(cfg)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -63,11 +74,13 @@ def worker(model_name: str, config: str) -> dict:
     vocab = model.config.vocab_size
     n = batch * (warmup + steps)
     g = torch.Generator().manual_seed(0)
-    data = Dataset.from_dict({
-        "input_ids": torch.randint(5, vocab, (n, seq_len), generator=g).tolist(),
-        "attention_mask": torch.ones(n, seq_len, dtype=torch.long).tolist(),
-        "labels": torch.randint(0, 2, (n,), generator=g).tolist(),
-    })
+    data = Dataset.from_dict(
+        {
+            "input_ids": torch.randint(5, vocab, (n, seq_len), generator=g).tolist(),
+            "attention_mask": torch.ones(n, seq_len, dtype=torch.long).tolist(),
+            "labels": torch.randint(0, 2, (n,), generator=g).tolist(),
+        }
+    )
 
     times: list[float] = []
 
@@ -79,9 +92,16 @@ def worker(model_name: str, config: str) -> dict:
             times.append(time.perf_counter() - self.start)
 
     args = CalibrationArguments(
-        output_dir="/tmp/nlpcal-overhead", per_device_train_batch_size=batch, max_steps=warmup + steps,
-        report_to="none", save_strategy="no", logging_steps=10_000, use_cpu=True, seed=0,
-        disable_tqdm=True, posthoc="none",
+        output_dir="/tmp/nlpcal-overhead",
+        per_device_train_batch_size=batch,
+        max_steps=warmup + steps,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10_000,
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        posthoc="none",
         calibration_loss="cross_entropy" if config == "plain" else config,
     )
     if config == "plain":
@@ -116,7 +136,9 @@ def main() -> None:
             for config in configs:
                 out = subprocess.run(
                     [sys.executable, __file__, "--worker", model_name, config],
-                    capture_output=True, text=True, check=True,
+                    capture_output=True,
+                    text=True,
+                    check=True,
                 )
                 runs[config].append(json.loads(out.stdout.strip().splitlines()[-1]))
                 print(f"[{model_name}] rep {rep + 1}/{args.reps} {config}", file=sys.stderr)
@@ -133,23 +155,34 @@ def main() -> None:
             }
         results[model_name] = rows
 
-    print(f"\n{'model':8} {'config':16} {'step ms':>9} {'steps/s':>8} {'x plain':>8} {'target':>7} {'peak RSS MiB':>13}")
+    print(
+        f"\n{'model':8} {'config':16} {'step ms':>9} {'steps/s':>8} {'x plain':>8} {'target':>7} {'peak RSS MiB':>13}"
+    )
     for model_name, rows in results.items():
         for config, r in rows.items():
             target = f"<={r['target']:.2f}" if r["target"] else ""
             ok = "" if not r["target"] else ("ok" if r["ratio_vs_plain"] <= r["target"] else "MISS")
-            print(f"{model_name:8} {config:16} {r['step_ms']:9.1f} {r['steps_per_s']:8.2f} "
-                  f"{r['ratio_vs_plain']:8.3f} {target:>7} {r['peak_rss_mib']:13.0f} {ok}")
+            print(
+                f"{model_name:8} {config:16} {r['step_ms']:9.1f} {r['steps_per_s']:8.2f} "
+                f"{r['ratio_vs_plain']:8.3f} {target:>7} {r['peak_rss_mib']:13.0f} {ok}"
+            )
     import torch
     import transformers
 
     payload = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch": torch.__version__, "transformers": transformers.__version__,
-                    "threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(),
+        },
         "reps": args.reps,
-        "models": {m: dict(zip(("batch", "seq_len", "warmup", "steps"), MODELS[m])) for m in results},
+        "models": {
+            m: dict(zip(("batch", "seq_len", "warmup", "steps"), MODELS[m], strict=True))
+            for m in results
+        },
         "results": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -23,11 +23,15 @@ class CalibrationArguments(TrainingArguments):
 
     calibration_loss: str = field(
         default="cross_entropy",
-        metadata={"help": "Training loss, a name from nlpcal.list_losses() (e.g. label_smoothing)."},
+        metadata={
+            "help": "Training loss, a name from nlpcal.list_losses() (e.g. label_smoothing)."
+        },
     )
     loss_kwargs: dict | str | None = field(
         default=None,
-        metadata={"help": 'Hyper-parameters of the loss, as a dict or a JSON string: \'{"alpha": 0.1}\'.'},
+        metadata={
+            "help": "Hyper-parameters of the loss, as a dict or a JSON string: '{\"alpha\": 0.1}'."
+        },
     )
     posthoc: str | None = field(
         default="auto",
@@ -38,7 +42,9 @@ class CalibrationArguments(TrainingArguments):
     )
     posthoc_kwargs: dict | str | None = field(
         default=None,
-        metadata={"help": "Constructor arguments of the post-hoc calibrator, as a dict or JSON string."},
+        metadata={
+            "help": "Constructor arguments of the post-hoc calibrator, as a dict or JSON string."
+        },
     )
     calibration_set: str | None = field(
         default=None,
@@ -49,11 +55,15 @@ class CalibrationArguments(TrainingArguments):
     )
     in_domain_set: str | None = field(
         default=None,
-        metadata={"help": "Name of the in-domain eval set (default: the first eval set that is not OOD)."},
+        metadata={
+            "help": "Name of the in-domain eval set (default: the first eval set that is not OOD)."
+        },
     )
     ood_sets: list[str] = field(
         default_factory=list,
-        metadata={"help": "Names of out-of-domain eval sets; each gets OOD-detection metrics vs in-domain."},
+        metadata={
+            "help": "Names of out-of-domain eval sets; each gets OOD-detection metrics vs in-domain."
+        },
     )
     ece_bins: int = field(default=15, metadata={"help": "Equal-width bins of the reported ECE."})
 
@@ -74,7 +84,9 @@ class CalibrationArguments(TrainingArguments):
             raise ValueError(f"ece_bins must be >= 1, got {self.ece_bins}")
 
 
-_OWN_FIELDS = [f for f in fields(CalibrationArguments) if f.name not in TrainingArguments.__dataclass_fields__]
+_OWN_FIELDS = [
+    f for f in fields(CalibrationArguments) if f.name not in TrainingArguments.__dataclass_fields__
+]
 
 
 def calibration_settings(args: TrainingArguments | None) -> dict[str, Any]:

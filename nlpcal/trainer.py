@@ -143,7 +143,9 @@ class CalibratedTrainer(Trainer):
             self._diagnostic_steps = 0
         super().log(logs, start_time)
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any):
+    def train(
+        self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any
+    ):
         if self.train_dataset is not None:
             _check_dataset_labels(self.train_dataset, "train_dataset", self.model.config.num_labels)
         if resume_from_checkpoint:
@@ -239,7 +241,9 @@ class CalibratedTrainer(Trainer):
         n_samples = sum(len(p.ood_score) for p in preds.values())
         metrics.update(speed_metrics(metric_key_prefix, start, num_samples=n_samples))
         self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self.control = self.callback_handler.on_evaluate(
+            self.args, self.state, self.control, metrics
+        )
         return metrics
 
     def predictions(self, dataset: Any, name: str = "predict") -> Predictions:
@@ -269,13 +273,17 @@ class CalibratedTrainer(Trainer):
             metrics.update({f"{key}_{tag}{k}": float(v) for k, v in values.items()})
         return metrics
 
-    def _ood_metrics(self, preds: Mapping[str | None, Predictions], prefix: str) -> dict[str, float]:
+    def _ood_metrics(
+        self, preds: Mapping[str | None, Predictions], prefix: str
+    ) -> dict[str, float]:
         ood_names = self.calibration["ood_sets"]
         if not ood_names:
             return {}
         missing = [n for n in ood_names if n not in preds]
         if missing:
-            raise ValueError(f"ood_sets {missing} are not among the eval sets {sorted(map(str, preds))}")
+            raise ValueError(
+                f"ood_sets {missing} are not among the eval sets {sorted(map(str, preds))}"
+            )
         in_name = self.calibration["in_domain_set"] or next(
             (n for n in preds if n not in ood_names and n != self.calibration["calibration_set"]),
             None,
@@ -291,13 +299,13 @@ class CalibratedTrainer(Trainer):
             metrics.update({f"{prefix}_{name}_ood_{k}": float(v) for k, v in values.items()})
         return metrics
 
-    def _predict(
-        self, dataset: Any, name: str, features: bool = False
-    ) -> Predictions:
+    def _predict(self, dataset: Any, name: str, features: bool = False) -> Predictions:
         if isinstance(dataset, str):
             dataset = self.eval_dataset[dataset]
         if hasattr(dataset, "column_names"):
-            _check_dataset_labels(dataset, f"eval set {name!r}", self.model.config.num_labels, required=False)
+            _check_dataset_labels(
+                dataset, f"eval set {name!r}", self.model.config.num_labels, required=False
+            )
         self._collect_features = features
         try:
             output = self.evaluation_loop(
@@ -308,7 +316,7 @@ class CalibratedTrainer(Trainer):
             )
         finally:
             self._collect_features = False
-        raw, feats = (output.predictions if features else (output.predictions, None))
+        raw, feats = output.predictions if features else (output.predictions, None)
         if raw is None or len(raw) == 0:
             raise ValueError(f"eval set {name!r} is empty")
         raw = torch.as_tensor(np.asarray(raw))
@@ -317,7 +325,11 @@ class CalibratedTrainer(Trainer):
             z = raw.to(self.args.device)
             logits = self.calibration_loss.transform_logits(z, model).float().cpu()
             ood = self.calibration_loss.ood_score(z, model).float().cpu()
-        labels = None if output.label_ids is None else torch.as_tensor(np.asarray(output.label_ids)).long()
+        labels = (
+            None
+            if output.label_ids is None
+            else torch.as_tensor(np.asarray(output.label_ids)).long()
+        )
         return Predictions(
             logits=logits,
             ood_score=ood,

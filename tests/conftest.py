@@ -29,23 +29,43 @@ def tiny_model(arch: str = "bert", num_labels: int = NUM_LABELS, seed: int = 0):
     common = dict(vocab_size=VOCAB_SIZE, num_labels=num_labels)
     if arch == "bert":
         config = BertConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-            max_position_embeddings=64, **common,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=64,
+            **common,
         )
     elif arch == "roberta":
         config = RobertaConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-            max_position_embeddings=66, pad_token_id=1, **common,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=66,
+            pad_token_id=1,
+            **common,
         )
     elif arch == "distilbert":
         config = DistilBertConfig(
-            dim=32, n_layers=2, n_heads=2, hidden_dim=37, max_position_embeddings=64, **common,
+            dim=32,
+            n_layers=2,
+            n_heads=2,
+            hidden_dim=37,
+            max_position_embeddings=64,
+            **common,
         )
     else:
         raise ValueError(f"unknown tiny architecture {arch!r}")
     # Dropout off so that a forward pass is a deterministic function of the weights.
-    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
-                "seq_classif_dropout", "classifier_dropout"):
+    for key in (
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "dropout",
+        "attention_dropout",
+        "seq_classif_dropout",
+        "classifier_dropout",
+    ):
         if hasattr(config, key):
             setattr(config, key, 0.0)
     torch.manual_seed(seed)

@@ -22,7 +22,11 @@ def minilm_setup(shared_data):
     tokenizer = AutoTokenizer.from_pretrained(path)
 
     def tokenized(split, n):
-        ds = load_dataset_by_name("sst2", split, data_dir=shared_data).shuffle(seed=0).select(range(n))
+        ds = (
+            load_dataset_by_name("sst2", split, data_dir=shared_data)
+            .shuffle(seed=0)
+            .select(range(n))
+        )
         return ds.map(
             lambda b: tokenizer(b["text"], truncation=True, max_length=48),
             batched=True,
@@ -53,7 +57,10 @@ def test_minilm_one_short_epoch_per_loss(tmp_path, minilm_setup, loss):
         disable_tqdm=True,
     )
     trainer = CalibratedTrainer(
-        model, args, train_dataset=train, eval_dataset={"test": test, "dev": dev},
+        model,
+        args,
+        train_dataset=train,
+        eval_dataset={"test": test, "dev": dev},
         processing_class=tokenizer,
     )
     trainer.train()

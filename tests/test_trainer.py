@@ -84,7 +84,10 @@ def test_evaluate_reports_every_set_with_ood_detection(tmp_path):
         tiny_model("roberta"),
         args,
         train_dataset=signal_dataset(),
-        eval_dataset={"clean": signal_dataset(40, seed=1), "shifted": signal_dataset(30, seed=2, shift=50)},
+        eval_dataset={
+            "clean": signal_dataset(40, seed=1),
+            "shifted": signal_dataset(30, seed=2, shift=50),
+        },
     )
     metrics = trainer.evaluate()
     for name in ("clean", "shifted"):
@@ -108,7 +111,9 @@ def test_single_eval_set_keeps_plain_prefix(tmp_path):
 def test_posthoc_calibrator_fitted_after_training_and_survives_save_load(tmp_path):
     args = make_args(tmp_path, calibration_set="dev", max_steps=6)
     evals = {"test": signal_dataset(40, seed=1), "dev": signal_dataset(48, seed=3)}
-    trainer = CalibratedTrainer(tiny_model("bert"), args, train_dataset=signal_dataset(), eval_dataset=evals)
+    trainer = CalibratedTrainer(
+        tiny_model("bert"), args, train_dataset=signal_dataset(), eval_dataset=evals
+    )
     trainer.train()
     assert trainer.calibrator is not None and trainer.calibrator.name == "temperature"
     logged = {k for entry in trainer.state.log_history for k in entry}
@@ -145,7 +150,11 @@ def test_double_head_is_saved_and_restored(tmp_path):
 def test_resume_from_checkpoint_continues_identically(tmp_path):
     def run(output_dir, resume=None):
         args = make_args(
-            tmp_path, output_dir=str(output_dir), max_steps=6, save_strategy="steps", save_steps=3,
+            tmp_path,
+            output_dir=str(output_dir),
+            max_steps=6,
+            save_strategy="steps",
+            save_steps=3,
             calibration_loss="label_smoothing",
         )
         trainer = CalibratedTrainer(tiny_model("bert"), args, train_dataset=signal_dataset())
@@ -158,12 +167,20 @@ def test_resume_from_checkpoint_continues_identically(tmp_path):
         assert torch.allclose(straight[key], resumed[key], atol=1e-6), key
 
 
-@pytest.mark.parametrize("loss", [n for n in list_losses() if n not in ("regmixup", "manifold_mixup")])
+@pytest.mark.parametrize(
+    "loss", [n for n in list_losses() if n not in ("regmixup", "manifold_mixup")]
+)
 def test_gradient_accumulation_matches_large_batch(tmp_path, loss):
     def run(batch, accumulation):
         args = make_args(
-            tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-            max_steps=1, optim="sgd", learning_rate=0.5, calibration_loss=loss, warmup_steps=0,
+            tmp_path,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=0.5,
+            calibration_loss=loss,
+            warmup_steps=0,
         )
         trainer = CalibratedTrainer(tiny_model("bert"), args, train_dataset=signal_dataset(8))
         trainer.train()
@@ -192,7 +209,7 @@ def test_loss_instance_and_name_override_args(tmp_path):
 
 
 def test_unknown_loss_lists_available(tmp_path):
-    with pytest.raises(ValueError, match="available: .*cross_entropy"):
+    with pytest.raises(ValueError, match=r"available: .*cross_entropy"):
         CalibratedTrainer(tiny_model("bert"), make_args(tmp_path, calibration_loss="nope"))
 
 
@@ -200,12 +217,16 @@ def test_label_count_mismatch_is_reported(tmp_path):
     trainer = CalibratedTrainer(
         tiny_model("bert", num_labels=2), make_args(tmp_path), train_dataset=signal_dataset()
     )
-    with pytest.raises(ValueError, match="3 classes .* num_labels=2"):
+    with pytest.raises(ValueError, match=r"3 classes .* num_labels=2"):
         trainer.train()
 
 
 def test_labels_out_of_range_are_reported(tmp_path):
-    ds = signal_dataset().cast_column("label", Value("int64")).map(lambda r: {"label": r["label"] + 5})
+    ds = (
+        signal_dataset()
+        .cast_column("label", Value("int64"))
+        .map(lambda r: {"label": r["label"] + 5})
+    )
     trainer = CalibratedTrainer(tiny_model("bert"), make_args(tmp_path), train_dataset=ds)
     with pytest.raises(ValueError, match=r"labels lie in \[5, 7\] but the model has num_labels=3"):
         trainer.train()
@@ -234,8 +255,10 @@ def test_calibrate_without_data_says_what_to_pass(tmp_path):
 def test_unknown_calibration_set_is_reported(tmp_path):
     args = make_args(tmp_path, calibration_set="validation")
     trainer = CalibratedTrainer(
-        tiny_model("bert"), args, train_dataset=signal_dataset(), eval_dataset={"test": signal_dataset(8)}
+        tiny_model("bert"),
+        args,
+        train_dataset=signal_dataset(),
+        eval_dataset={"test": signal_dataset(8)},
     )
     with pytest.raises(ValueError, match="calibration_set 'validation' is not an eval set"):
         trainer.train()
-

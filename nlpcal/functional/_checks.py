@@ -108,7 +108,9 @@ def check_labels(labels: Any, n_examples: int, num_classes: int, name: str = "la
     if labels.ndim != 1:
         raise ValueError(f"{name} must have shape (n_examples,), got {tuple(labels.shape)}")
     if labels.shape[0] != n_examples:
-        raise ValueError(f"{name} has {labels.shape[0]} entries but there are {n_examples} predictions")
+        raise ValueError(
+            f"{name} has {labels.shape[0]} entries but there are {n_examples} predictions"
+        )
     if n_examples:
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:

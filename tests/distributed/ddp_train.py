@@ -11,19 +11,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from nlpcal import CalibratedTrainer, list_losses  # noqa: E402
-from tests.test_trainer import make_args, signal_dataset  # noqa: E402
-from tests.conftest import tiny_model  # noqa: E402
+from nlpcal import CalibratedTrainer, list_losses
+from tests.conftest import tiny_model
+from tests.test_trainer import make_args, signal_dataset
 
 
 def main(out: Path) -> None:
     for loss in list_losses():
         args = make_args(
-            out, output_dir=str(out / loss), calibration_loss=loss, max_steps=3,
-            ood_sets=["shifted"], in_domain_set="clean", posthoc="none",
+            out,
+            output_dir=str(out / loss),
+            calibration_loss=loss,
+            max_steps=3,
+            ood_sets=["shifted"],
+            in_domain_set="clean",
+            posthoc="none",
         )
-        evals = {"clean": signal_dataset(37, seed=1), "shifted": signal_dataset(29, seed=2, shift=50)}
-        trainer = CalibratedTrainer(tiny_model("bert"), args, train_dataset=signal_dataset(), eval_dataset=evals)
+        evals = {
+            "clean": signal_dataset(37, seed=1),
+            "shifted": signal_dataset(29, seed=2, shift=50),
+        }
+        trainer = CalibratedTrainer(
+            tiny_model("bert"), args, train_dataset=signal_dataset(), eval_dataset=evals
+        )
         trainer.train()
         metrics = trainer.evaluate()
         trainer.save_model(str(out / loss / "model"))
