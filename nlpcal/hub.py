@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from nlpcal import __version__
 from nlpcal.losses import CalibrationLoss, create_loss
 from nlpcal.posthoc import Calibrator, load_calibrator
 
-__all__ = ["CalibratedModel", "load_calibrated", "save_calibration"]
+__all__ = ["CalibratedModel", "calibration_card", "load_calibrated", "save_calibration"]
 
 CONFIG_NAME = "nlpcal_config.json"
 CALIBRATOR_DIR = "calibrator"
@@ -45,6 +45,60 @@ def save_calibration(
     with os.fdopen(fd, "w") as f:
         json.dump(meta, f, indent=2)
     os.replace(tmp, directory / CONFIG_NAME)
+
+
+def calibration_card(
+    loss: CalibrationLoss,
+    calibrator: Calibrator | None,
+    metrics: Mapping[str, float] | None = None,
+) -> str:
+    """The model card's calibration section: the method, the fitted calibrator, the metrics."""
+    lines = [
+        "## Calibration (nlpcal)",
+        "",
+        f"- Training loss: `{loss.name}` {json.dumps(loss.config()) if loss.config() else ''}".rstrip(),
+        f"- Post-hoc calibrator: `{calibrator.name}` {json.dumps(calibrator.config())}"
+        if calibrator is not None
+        else "- Post-hoc calibrator: none",
+    ]
+    if calibrator is not None and hasattr(calibrator, "temperature"):
+        lines.append(f"- Fitted temperature: {float(calibrator.temperature):.4f}")
+    rows = _card_rows(metrics or {}, None if calibrator is None else calibrator.name)
+    if rows:
+        lines += [
+            "",
+            "| eval set | metric | uncalibrated | calibrated |",
+            "|---|---|---|---|",
+            *rows,
+        ]
+    lines += [
+        "",
+        "Load it with calibration applied:",
+        "",
+        "```python",
+        "from nlpcal import load_calibrated",
+        'model = load_calibrated("<this repo or folder>")',
+        'model.predict_proba(["some text"])',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _card_rows(metrics: Mapping[str, float], calibrator: str | None) -> list[str]:
+    rows = []
+    for key, value in metrics.items():
+        for metric in ("accuracy", "ece", "brier", "nll"):
+            suffix = f"_{metric}"
+            if not key.endswith(suffix) or (calibrator and key.endswith(f"_{calibrator}{suffix}")):
+                continue
+            prefix = key[: -len(suffix)]
+            after = metrics.get(f"{prefix}_{calibrator}{suffix}") if calibrator else None
+            after_cell = "" if after is None else f"{after:.4f}"
+            rows.append(
+                f"| {prefix.removeprefix('eval_')} | {metric} | {value:.4f} | {after_cell} |"
+            )
+    return rows
 
 
 class CalibratedModel(nn.Module):
@@ -113,12 +167,43 @@ class CalibratedModel(nn.Module):
             chunks.append(self(**batch).softmax(-1).cpu())
         return torch.cat(chunks) if chunks else torch.empty(0, self.model.config.num_labels)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write model, tokenizer and calibration so :func:`load_calibrated` restores them."""
+    def save_pretrained(
+        self, directory: str | os.PathLike, metrics: Mapping[str, float] | None = None
+    ) -> None:
+        """Write model, tokenizer, calibration and a model card (``README.md``).
+
+        ``metrics`` (e.g. ``CalibratedTrainer.evaluate()``'s result) go into the card.
+        """
         self.model.save_pretrained(directory)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory)
         save_calibration(directory, self.loss, self.calibrator)
+        card = "---\nlibrary_name: transformers\ntags:\n- nlpcal\n- calibration\n---\n\n"
+        card += calibration_card(self.loss, self.calibrator, metrics)
+        (Path(directory) / "README.md").write_text(card)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        metrics: Mapping[str, float] | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload calibrated model (nlpcal)",
+    ) -> Any:
+        """Upload model, tokenizer, calibration and card to the Hub repository ``repo_id``.
+
+        The files are written to a temporary folder and uploaded from there, so no local copy is
+        touched whether the upload succeeds or fails. Returns the commit information.
+        """
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory(prefix="nlpcal-push-") as folder:
+            self.save_pretrained(folder, metrics)
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=folder, commit_message=commit_message
+            )
 
     def _needs_features(self) -> bool:
         return self.calibrator is not None and self.calibrator.requires_features

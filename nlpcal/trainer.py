@@ -28,7 +28,7 @@ from nlpcal.args import calibration_settings
 from nlpcal.functional.metrics import calibration_metrics
 from nlpcal.functional.ood import ood_detection_metrics
 from nlpcal.functional.selective import aurc
-from nlpcal.hub import save_calibration
+from nlpcal.hub import calibration_card, save_calibration
 from nlpcal.losses import CalibrationLoss, LossContext, create_loss
 from nlpcal.posthoc import Calibrator, create_calibrator
 
@@ -106,6 +106,7 @@ class CalibratedTrainer(Trainer):
         self._diagnostics: dict[str, Tensor] = {}
         self._diagnostic_steps = 0
         self._collect_features = False
+        self.last_eval_metrics: dict[str, float] = {}
         for callback in self.calibration_loss.callbacks():
             self.add_callback(callback)
         self.add_callback(_SaveLossState(self))
@@ -244,6 +245,7 @@ class CalibratedTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(
             self.args, self.state, self.control, metrics
         )
+        self.last_eval_metrics = metrics
         return metrics
 
     def predictions(self, dataset: Any, name: str = "predict") -> Predictions:
@@ -374,6 +376,15 @@ class CalibratedTrainer(Trainer):
                 self.calibration_loss,
                 self.calibrator,
             )
+
+    def create_model_card(self, **kwargs: Any) -> None:
+        """``Trainer``'s model card plus the calibration section (method, calibrator, metrics)."""
+        super().create_model_card(**kwargs)
+        if not self.is_world_process_zero():
+            return
+        card = Path(self.args.output_dir) / "README.md"
+        section = calibration_card(self.calibration_loss, self.calibrator, self.last_eval_metrics)
+        card.write_text(card.read_text().rstrip() + "\n\n" + section)
 
 
 class _SaveLossState(TrainerCallback):
