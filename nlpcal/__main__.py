@@ -1,0 +1,7 @@
+"""``python -m nlpcal`` is the ``nlpcal`` command."""
+
+import sys
+
+from nlpcal.cli import main
+
+sys.exit(main())
