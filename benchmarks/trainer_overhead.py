@@ -3,8 +3,8 @@
 Every configuration (the plain ``transformers.Trainer`` with the model's own cross-entropy, and
 ``CalibratedTrainer`` with each registered loss) trains the same model on the same batches from
 the same seed. Each run is a fresh subprocess, so its peak resident memory is its own; the
-configurations are interleaved over ``--reps`` rounds so that machine noise hits them alike, and
-the step time is the median over all measured steps. Ratios are against the plain Trainer of the
+configurations are interleaved over ``--reps`` rounds, in an order that rotates every round, so
+that machine noise hits them alike, and the step time is the median over all measured steps. Ratios are against the plain Trainer of the
 same run. Prints a table and writes JSON.
 
     python benchmarks/trainer_overhead.py                      # tiny BERT and MiniLM
@@ -34,7 +34,7 @@ TARGETS = {
 MODELS = {
     # name: (batch size, sequence length, warm-up steps, measured steps)
     "tiny": (16, 48, 5, 40),
-    "minilm": (32, 48, 2, 8),
+    "minilm": (32, 48, 3, 12),
 }
 
 
@@ -133,7 +133,9 @@ def main() -> None:
     for model_name in args.models.split(","):
         runs: dict[str, list[dict]] = {c: [] for c in configs}
         for rep in range(args.reps):
-            for config in configs:
+            # Rotate the order every round so no configuration always runs first or last.
+            shift = rep % len(configs)
+            for config in configs[shift:] + configs[:shift]:
                 out = subprocess.run(
                     [sys.executable, __file__, "--worker", model_name, config],
                     capture_output=True,
@@ -152,6 +154,9 @@ def main() -> None:
                 "ratio_vs_plain": step / base,
                 "target": TARGETS.get(config),
                 "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in runs[config]),
+                "rep_median_step_ms": [
+                    1000 * statistics.median(r["step_times"]) for r in runs[config]
+                ],
             }
         results[model_name] = rows
 
@@ -170,7 +175,7 @@ def main() -> None:
     import transformers
 
     payload = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join(["python", *sys.argv]),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),

@@ -1,0 +1,148 @@
+"""Reports of a benchmark run (:mod:`nlpcal.bench`): markdown tables and a self-contained HTML page.
+
+Both render the same tables, one per evaluation set, from the ``results.json`` content; the HTML page
+embeds the reliability diagrams as base64 PNGs, so it is a single file with no external assets.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COLUMNS", "NOTES", "html_report", "markdown_report"]
+
+COLUMNS = {
+    "accuracy": "accuracy",
+    "ece_10": "ECE (10 bins)",
+    "ece_15": "ECE (15 bins)",
+    "brier": "Brier",
+    "nll": "NLL",
+    "aurc": "AURC",
+    "ood_auroc": "OOD AUROC",
+}
+
+NOTES = (
+    "Values are the mean ± sample standard deviation (ddof=1) over the seeds. `ensemble` rows are "
+    "single values: the ensemble of all seeds (their probabilities averaged); "
+    "`ensemble+<calibrator>` averages the calibrated members.",
+    "Variant `none` is the uncalibrated model; a calibrator name is that post-hoc calibrator, "
+    "fitted on the calibration split (never on test data).",
+    "ECE is the top-label ECE with equal-width bins. Lower is better for ECE, Brier, NLL and AURC.",
+    "AURC and OOD AUROC rank examples by the maximum probability of the row's own probabilities. "
+    "OOD AUROC separates the shifted set from the in-domain test set, in-domain as positive.",
+)
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:72em}"
+    "table{border-collapse:collapse;margin:0.5em 0 1.5em}"
+    "th,td{border:1px solid #ccc;padding:0.25em 0.6em;text-align:right}"
+    "th:nth-child(-n+2),td:nth-child(-n+2){text-align:left}"
+    "tr:nth-child(even){background:#f6f6f6}"
+    ".figures{display:flex;flex-wrap:wrap;gap:1em}.figures img{max-width:34em}"
+)
+
+
+def markdown_report(results: Mapping[str, Any]) -> str:
+    """The run as markdown: a summary, one table per evaluation set, and notes on the metrics.
+
+    Args:
+        results: the content of a run's ``results.json`` (what :func:`nlpcal.bench.run_bench`
+            returns).
+    """
+    lines = [f"# Benchmark `{results['recipe']['name']}`", ""]
+    lines += [f"- {label}: {value}" for label, value in _summary(results)]
+    for title, head, body in _tables(results):
+        lines += ["", f"## {title}", "", _md_row(head), "|" + "---|" * len(head)]
+        lines += [_md_row(row) for row in body]
+    lines += ["", "Notes:", *(f"- {note}" for note in NOTES)]
+    return "\n".join(lines) + "\n"
+
+
+def html_report(results: Mapping[str, Any], figures: Mapping[str, str | Path]) -> str:
+    """The run as one self-contained HTML page: summary, tables, notes, and the ``figures``
+    (caption -> PNG file) embedded as base64."""
+    name = html.escape(results["recipe"]["name"])
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>nlpcal benchmark {name}</title>",
+        f"<style>{_STYLE}</style></head><body><h1>Benchmark <code>{name}</code></h1><ul>",
+        *(
+            f"<li>{html.escape(label)}: {html.escape(str(value))}</li>"
+            for label, value in _summary(results)
+        ),
+        "</ul>",
+    ]
+    for title, head, body in _tables(results):
+        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>")
+        parts += [f"<th>{html.escape(h)}</th>" for h in head]
+        parts.append("</tr>")
+        for row in body:
+            parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+        parts.append("</table>")
+    parts.append("<h2>Notes</h2><ul>")
+    parts += [f"<li>{html.escape(note)}</li>" for note in NOTES]
+    parts.append("</ul><h2>Reliability diagrams</h2><div class='figures'>")
+    for caption, path in figures.items():
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        parts.append(
+            f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    parts.append("</div></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _summary(results: Mapping[str, Any]) -> list[tuple[str, str]]:
+    recipe, env = results["recipe"], results["environment"]
+    data = recipe["data"]
+    calibration = data["calibration"]
+    if isinstance(calibration, Mapping):
+        calibration = f"{calibration['holdout']} rows held out of the training source"
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    return [
+        ("model", recipe["model"]),
+        ("task", recipe["task"]),
+        ("training data", data["train"]),
+        ("calibration data", str(calibration)),
+        ("slicing", ", ".join(f"{k}={v}" for k, v in recipe["slicing"].items())),
+        ("methods", ", ".join(m["name"] for m in recipe["methods"])),
+        ("seeds", ", ".join(map(str, recipe["seeds"]))),
+        ("command", env["command"]),
+        ("devices", "; ".join(env["devices"])),
+        ("versions", f"python {env['python']}, {versions}"),
+    ]
+
+
+def _tables(results: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """``(title, header, rows)`` per evaluation set, in recipe order."""
+    data = results["recipe"]["data"]
+    tables = []
+    for spec in (data["test"], *data["shifted"]):
+        rows = [r for r in results["rows"] if r["set"] == spec["name"]]
+        columns = [m for m in COLUMNS if any(r["values"].get(m) is not None for r in rows)]
+        source = spec["source"]
+        if spec.get("corrupt"):
+            source += (
+                " corrupted (" + ", ".join(f"{k}={v}" for k, v in spec["corrupt"].items()) + ")"
+            )
+        title = f"{spec['name']} ({rows[0]['kind']}, n = {rows[0]['n']}): {source}"
+        body = [
+            [r["method"], r["variant"], *(_cell(r["values"].get(m)) for m in columns)] for r in rows
+        ]
+        tables.append((title, ["method", "variant", *(COLUMNS[m] for m in columns)], body))
+    return tables
+
+
+def _cell(value: float | Mapping[str, float | None] | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Mapping):
+        std = "" if value["std"] is None else f" ± {value['std']:.4f}"
+        return f"{value['mean']:.4f}{std}"
+    return f"{value:.4f}"
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"

@@ -1,0 +1,417 @@
+"""nlpcal.bench: recipes, a tiny end-to-end benchmark, ensembles, resume, reports."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import string
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import nlpcal.bench as bench
+from nlpcal.bench import Method, Recipe, demo_recipe, load_recipe, run_bench, shift_metrics
+from nlpcal.pipeline import parse_config
+from tests.conftest import tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ("accuracy", "ece_10", "ece_15", "brier", "nll", "aurc")
+
+
+def save_tiny_classifier(folder: Path) -> Path:
+    """A random 2-layer BERT sentiment classifier and a character-level WordPiece tokenizer."""
+    from transformers import BertTokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = string.ascii_lowercase + string.digits
+    tokens = [*specials, *chars, *(f"##{c}" for c in string.ascii_lowercase), *".,!?'-"]
+    BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}).save_pretrained(folder)
+    tiny_model("bert", num_labels=2).save_pretrained(folder)
+    return folder
+
+
+def tiny_recipe(model: Path, **changes) -> dict:
+    """Two methods (one with two calibrators, one with none) x two seeds on small slices."""
+    recipe = {
+        "name": "tiny",
+        "model": str(model),
+        "task": "sentiment",
+        "max_length": 32,
+        "data": {
+            "train": "sample:sst2/train",
+            "calibration": "sample:sst2/dev",
+            "test": {"name": "sst2", "source": "sample:sst2/test"},
+            "shifted": [
+                {"name": "imdb", "source": "sample:imdb"},
+                {
+                    "name": "sst2_c5",
+                    "source": "sample:sst2/test",
+                    "corrupt": {"corruption": "mixed", "severity": 5, "seed": 0},
+                },
+            ],
+        },
+        "slicing": {"max_train_samples": 48, "max_eval_samples": 40, "seed": 0},
+        "training": {
+            "num_train_epochs": 1,
+            "per_device_train_batch_size": 16,
+            "learning_rate": "1e-3",
+            "use_cpu": True,
+            "disable_tqdm": True,
+        },
+        "methods": [
+            {
+                "name": "ce",
+                "calibration_loss": "cross_entropy",
+                "posthoc": ["temperature", "vector"],
+            },
+            {
+                "name": "ls",
+                "calibration_loss": "label_smoothing",
+                "loss_kwargs": {"alpha": 0.1},
+                "posthoc": [],
+            },
+        ],
+        "seeds": [0, 1],
+    }
+    recipe.update(changes)
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_tiny_classifier(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, model_dir) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("run")
+    return out, run_bench(Recipe.from_dict(tiny_recipe(model_dir)), out)
+
+
+@pytest.fixture
+def count_training(monkeypatch) -> list[tuple[str, int]]:
+    """Records (loss, seed) of every model the runner trains."""
+    calls = []
+    train = bench.train_calibrated
+
+    def counted(model, args, *rest, **kwargs):
+        calls.append((args.calibration_loss, args.seed))
+        return train(model, args, *rest, **kwargs)
+
+    monkeypatch.setattr(bench, "train_calibrated", counted)
+    return calls
+
+
+def _flat(metrics: dict) -> dict:
+    """``metrics[set][variant][metric]`` as one flat dict, for ``pytest.approx``."""
+    return {(s, v, m): x for s, d in metrics.items() for v, e in d.items() for m, x in e.items()}
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+# -- an end-to-end run ---------------------------------------------------------------------------
+def test_results_hold_every_cell_set_variant_and_metric(finished):
+    out, results = finished
+    assert json.loads((out / "results.json").read_text()) == results
+    cells = {(c["method"], c["seed"]): c for c in results["cells"]}
+    assert set(cells) == {(m, s) for m in ("ce", "ls") for s in (0, 1)}
+    variants = {"ce": ["none", "temperature", "vector"], "ls": ["none"]}
+    for (method, _), cell in cells.items():
+        assert set(cell["metrics"]) == {"sst2", "imdb", "sst2_c5"}
+        for name, per_variant in cell["metrics"].items():
+            assert list(per_variant) == variants[method]
+            for values in per_variant.values():
+                expected = {*METRICS} | ({"ood_auroc"} if name != "sst2" else set())
+                assert set(values) == expected
+                assert all(np.isfinite(v) for v in values.values())
+    rows = {(r["method"], r["variant"], r["set"]): r for r in results["rows"]}
+    for method, names in variants.items():
+        ensembles = ["ensemble" if v == "none" else f"ensemble+{v}" for v in names]
+        for name in ("sst2", "imdb", "sst2_c5"):
+            for variant in names:
+                values = rows[(method, variant, name)]["values"]
+                assert values["accuracy"]["std"] is not None and 0 <= values["ece_10"]["mean"] <= 1
+            for variant in ensembles:
+                values = rows[(method, variant, name)]["values"]
+                assert isinstance(values["nll"], float)
+                assert ("ood_auroc" in values) == (name != "sst2")
+    assert len(rows) == len(results["rows"]) == 3 * 2 * (3 + 1)
+
+
+def test_report_files_mention_every_method_and_embed_the_figures(finished):
+    out, _ = finished
+    markdown, page = (out / "results.md").read_text(), (out / "report.html").read_text()
+    for method, variants in {"ce": ("none", "temperature", "vector"), "ls": ("none",)}.items():
+        assert f"| {method} | ensemble |" in markdown and f"<td>{method}</td>" in page
+        for variant in variants:
+            assert (out / f"reliability_{method}_{variant}.png").is_file()
+    assert "## sst2_c5 (shifted, n = 40)" in markdown
+    assert page.count("src='data:image/png;base64,") == 4
+    assert not re.search(r"(src|href)=['\"]?(https?:|/|\.)", page)
+
+
+def test_ensemble_rows_score_the_averaged_member_probabilities(finished):
+    out, results = finished
+    members = [np.load(out / "cells" / "ce" / f"seed_{s}" / "predictions.npz") for s in (0, 1)]
+    probs = {
+        name: np.mean([m[f"probs/{name}/temperature"] for m in members], axis=0)
+        for name in ("sst2", "imdb")
+    }
+    expected = shift_metrics(
+        probs["imdb"], members[0]["labels/imdb"], in_domain_probs=probs["sst2"]
+    )
+    row = next(
+        r
+        for r in results["rows"]
+        if (r["method"], r["variant"], r["set"]) == ("ce", "ensemble+temperature", "imdb")
+    )
+    assert row["values"] == pytest.approx(expected)
+
+
+def test_cell_metrics_are_those_of_its_saved_probabilities(finished):
+    out, results = finished
+    saved = np.load(out / "cells" / "ce" / "seed_1" / "predictions.npz")
+    cell = next(c for c in results["cells"] if (c["method"], c["seed"]) == ("ce", 1))
+    expected = shift_metrics(
+        saved["probs/sst2_c5/vector"], saved["labels/sst2_c5"], saved["probs/sst2/vector"]
+    )
+    assert cell["metrics"]["sst2_c5"]["vector"] == pytest.approx(expected)
+    # Post-hoc scaling never changes the argmax; vector scaling may.
+    before, after = saved["probs/sst2/none"], saved["probs/sst2/temperature"]
+    assert (before.argmax(1) == after.argmax(1)).all()
+    np.testing.assert_allclose(after.sum(1), 1, atol=1e-5)
+
+
+def test_shift_metrics_ood_auroc_is_one_half_for_the_same_set_and_one_when_separated():
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.55, 0.45]], dtype=np.float32)
+    labels = np.array([0, 1, 1])
+    assert shift_metrics(probs, labels, probs)["ood_auroc"] == pytest.approx(0.5)
+    uniform = np.full_like(probs, 0.5)
+    assert shift_metrics(uniform, labels, probs)["ood_auroc"] == pytest.approx(1.0)
+    assert "ood_auroc" not in shift_metrics(probs, labels)
+
+
+# -- resume --------------------------------------------------------------------------------------
+def test_resume_retrains_only_the_missing_cell(finished, model_dir, tmp_path, count_training):
+    out = _copy(finished[0], tmp_path)
+    kept = {p: p.read_text() for p in out.glob("cells/*/*/result.json")}
+    missing = out / "cells" / "ls" / "seed_1" / "result.json"
+    old = json.loads(missing.read_text())
+    missing.unlink()
+    results = run_bench(Recipe.from_dict(tiny_recipe(model_dir)), out)
+    assert count_training == [("label_smoothing", 1)]
+    for path, text in kept.items():
+        if path != missing:
+            assert path.read_text() == text
+    assert [c for c in results["cells"] if c["method"] == "ce"] == [
+        c for c in finished[1]["cells"] if c["method"] == "ce"
+    ]
+    # The same seed trains the same model again.
+    assert _flat(json.loads(missing.read_text())["metrics"]) == pytest.approx(_flat(old["metrics"]))
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(
+    model_dir, tmp_path, monkeypatch, count_training
+):
+    recipe = Recipe.from_dict(tiny_recipe(model_dir))
+    run_cell = bench._run_cell
+
+    def interrupted(recipe, method, seed, *args):
+        if (method.name, seed) == ("ls", 0):
+            raise KeyboardInterrupt
+        run_cell(recipe, method, seed, *args)
+
+    monkeypatch.setattr(bench, "_run_cell", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(recipe, tmp_path)
+    assert sorted(p.parent.name for p in tmp_path.glob("cells/*/*/result.json")) == [
+        "seed_0",
+        "seed_1",
+    ]
+    monkeypatch.setattr(bench, "_run_cell", run_cell)
+    run_bench(recipe, tmp_path)
+    assert count_training == [
+        ("cross_entropy", 0),
+        ("cross_entropy", 1),
+        ("label_smoothing", 0),
+        ("label_smoothing", 1),
+    ]
+
+
+def test_resume_may_add_seeds_and_methods(finished, model_dir, tmp_path, count_training):
+    out = _copy(finished[0], tmp_path)
+    methods = [*tiny_recipe(model_dir)["methods"], {"calibration_loss": "cross_entropy"}]
+    results = run_bench(
+        Recipe.from_dict(tiny_recipe(model_dir, seeds=[0, 1, 2], methods=methods)), out
+    )
+    assert sorted(count_training) == [
+        ("cross_entropy", 0),
+        ("cross_entropy", 1),
+        ("cross_entropy", 2),
+        ("cross_entropy", 2),
+        ("label_smoothing", 2),
+    ]
+    assert len(results["cells"]) == 9
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"training": {"num_train_epochs": 2, "use_cpu": True}},
+        {"seeds": [0]},
+        {"methods": [{"name": "ce", "calibration_loss": "cross_entropy"}]},
+        {"max_length": 16},
+    ],
+    ids=["training", "removed-seed", "changed-method", "max-length"],
+)
+def test_resume_with_a_changed_recipe_raises(finished, model_dir, tmp_path, change, count_training):
+    out = _copy(finished[0], tmp_path)
+    with pytest.raises(ValueError, match="different recipe"):
+        run_bench(Recipe.from_dict(tiny_recipe(model_dir, **change)), out)
+    assert count_training == []
+
+
+def test_no_resume_starts_over(finished, model_dir, tmp_path, count_training):
+    out = _copy(finished[0], tmp_path)
+    recipe = tiny_recipe(model_dir, methods=[{"name": "ls", "calibration_loss": "label_smoothing"}])
+    run_bench(Recipe.from_dict({**recipe, "seeds": [3]}), out, resume=False)
+    assert count_training == [("label_smoothing", 3)]
+    assert [p.parent.parent.name for p in out.glob("cells/*/*/result.json")] == ["ls"]
+
+
+# -- recipes -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"methods": []}, "at least one method"),
+        ({"methods": [{"calibration_loss": "focal"}]}, "unknown calibration loss 'focal'"),
+        (
+            {"methods": [{"calibration_loss": "label_smoothing", "loss_kwargs": {"alpha": 2}}]},
+            "alpha",
+        ),
+        (
+            {"methods": [{"calibration_loss": "label_smoothing", "loss_kwargs": {"beta": 1}}]},
+            "loss_kwargs",
+        ),
+        (
+            {"methods": [{"calibration_loss": "cross_entropy", "posthoc": ["platt"]}]},
+            "unknown calibrator",
+        ),
+        (
+            {
+                "methods": [
+                    {"calibration_loss": "cross_entropy", "posthoc": ["temperature", "adats"]}
+                ]
+            },
+            "list it first",
+        ),
+        ({"methods": [{"calibration_loss": "cross_entropy"}] * 2}, "duplicate method"),
+        ({"seeds": []}, "seeds"),
+        ({"seeds": [0, -1]}, "seed must be an integer >= 0"),
+        ({"task": "translation"}, "unknown task"),
+        ({"modle": "x"}, r"unknown keys \['modle'\]"),
+        ({"training": {"seed": 3}}, "runner sets them per cell"),
+        ({"training": {"learning_rat": 1.0}}, "unknown configuration keys"),
+        ({"slicing": {"max_train_samples": 0}}, "max_train_samples"),
+        (
+            {"data": {"train": "sample:sst2/train", "test": {"name": "t", "source": "x"}}},
+            r"needs the keys \['calibration'\]",
+        ),
+    ],
+)
+def test_bad_recipes_raise_clear_errors(model_dir, change, message):
+    with pytest.raises(ValueError, match=message):
+        Recipe.from_dict(tiny_recipe(model_dir, **change))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"calibration": "sample:nope/dev"}, "unknown sample 'nope'"),
+        ({"test": {"name": "sst2", "source": "shared:sst2/test"}}, "pass data_dir"),
+        ({"calibration": "EMPTY"}, "no data rows"),
+    ],
+)
+def test_bad_sources_raise_before_any_training(model_dir, tmp_path, count_training, data, message):
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("sentence\tlabel\n")
+    config = tiny_recipe(model_dir)
+    config["data"] = {**config["data"], **data}
+    if config["data"]["calibration"] == "EMPTY":
+        config["data"]["calibration"] = str(empty)
+    with pytest.raises(ValueError, match=message):
+        run_bench(Recipe.from_dict(config), tmp_path / "run")
+    assert count_training == []
+
+
+def test_a_recipe_file_inherits_its_base(tmp_path, model_dir):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_recipe(model_dir)))
+    (tmp_path / "small.yaml").write_text(
+        "base: base.yaml\nname: small\ntraining: {num_train_epochs: 2}\nseeds: [7]\n"
+    )
+    recipe = load_recipe(tmp_path / "small.yaml")
+    assert recipe.name == "small" and recipe.seeds == (7,)
+    assert recipe.training["num_train_epochs"] == 2 and recipe.training["use_cpu"] is True
+    assert [m.name for m in recipe.methods] == ["ce", "ls"]
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        load_recipe(tmp_path / "loop.yaml")
+    with pytest.raises(FileNotFoundError):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_holdout_calibration_is_split_off_the_training_source(model_dir):
+    data = {**tiny_recipe(model_dir)["data"], "calibration": {"holdout": 100}}
+    recipe = Recipe.from_dict(tiny_recipe(model_dir, data=data, slicing={"seed": 0}))
+    loaded = bench._load_data(recipe)
+    assert (loaded.train.num_rows, loaded.calibration.num_rows) == (1900, 100)
+    with pytest.raises(ValueError, match="holdout"):
+        Recipe.from_dict(tiny_recipe(model_dir, data={**data, "calibration": {"holdout": -1}}))
+
+
+def test_method_defaults_to_the_losses_own_calibrator():
+    assert Method.from_dict({"calibration_loss": "ova"}).posthoc == ("exponential",)
+    assert Method.from_dict({"calibration_loss": "cross_entropy", "posthoc": []}).variants == (
+        "none",
+    )
+
+
+def test_the_packaged_demo_recipe_is_the_repository_copy():
+    assert load_recipe(REPO / "recipes" / "demo.yaml").to_dict() == demo_recipe().to_dict()
+    assert demo_recipe().to_dict()["data"]["train"].startswith("sample:")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_repository_recipes_are_valid(path):
+    config = yaml.safe_load(path.read_text())
+    if "methods" in config or "base" in config:
+        recipe = load_recipe(path)
+        if path.stem.endswith("_cpu") or path.stem == "demo":
+            assert recipe.model == bench.DEFAULT_MODEL and recipe.training.get("use_cpu") is True
+    else:
+        exp, args = parse_config(config)
+        assert args.calibration_loss and exp.train
+
+
+@pytest.mark.parametrize(
+    ("name", "n_test"),
+    [("sst2_shift_cpu", 872), ("snli_mnli_cpu", 1000), ("agnews_corrupt_cpu", 1000)],
+)
+def test_cpu_recipes_load_their_shared_data(shared_data, monkeypatch, name, n_test):
+    monkeypatch.chdir(REPO)  # data_dir is relative to the working directory
+    monkeypatch.setattr(bench, "load_tokenizer", lambda model: None)
+    monkeypatch.setattr(bench, "tokenize", lambda dataset, tokenizer, max_length: dataset)
+    recipe = load_recipe(REPO / "recipes" / f"{name}.yaml")
+    data = bench._load_data(recipe)
+    assert (data.train.num_rows, data.calibration.num_rows) == (recipe.max_train_samples, 1000)
+    clean = data.sets[recipe.test.name]
+    assert clean.num_rows == n_test
+    for spec in recipe.shifted:
+        shifted = data.sets[spec.name]
+        if spec.corrupt is not None:
+            assert shifted["label"] == clean["label"] and shifted["text"] != clean["text"]
