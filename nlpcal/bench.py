@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from nlpcal._io import staged, write_text_atomic
 from nlpcal.args import CalibrationArguments
 from nlpcal.data import Task, corrupt_dataset, load_source
 from nlpcal.functional.metrics import calibration_metrics, expected_calibration_error
@@ -79,7 +80,6 @@ from nlpcal.pipeline import (
     train_calibrated,
 )
 from nlpcal.posthoc import create_calibrator, list_calibrators
-from nlpcal.posthoc.base import _staged
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -550,7 +550,7 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
             for variant, p in variants.items()
         }
     )
-    with _staged(folder / PREDICTIONS_NAME) as tmp, open(tmp, "wb") as file:
+    with staged(folder / PREDICTIONS_NAME) as tmp, open(tmp, "wb") as file:
         np.savez_compressed(file, **arrays)
     _write_json(folder / RESULT_NAME, result)
 
@@ -640,8 +640,7 @@ def _cell_folder(out: Path, method: Method, seed: int) -> Path:
 
 
 def _write_json(path: Path, content: Any) -> None:
-    with _staged(path) as tmp:
-        Path(tmp).write_text(json.dumps(content, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(content, indent=2) + "\n")
 
 
 # -- collecting ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from nlpcal import __version__
+from nlpcal._io import write_text_atomic
 from nlpcal.losses import CalibrationLoss, create_loss
 from nlpcal.posthoc import Calibrator, load_calibrator
 
@@ -41,10 +42,7 @@ def save_calibration(
         "loss_config": loss.config(),
         "calibrator": None if calibrator is None else calibrator.name,
     }
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{CONFIG_NAME}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(tmp, directory / CONFIG_NAME)
+    write_text_atomic(directory / CONFIG_NAME, json.dumps(meta, indent=2))
 
 
 def calibration_card(

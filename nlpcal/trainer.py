@@ -10,7 +10,6 @@ stores the calibration with the model; ``log`` flushes the loss's own diagnostic
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, speed_metrics
 
+from nlpcal._io import write_text_atomic
 from nlpcal.args import calibration_settings
 from nlpcal.functional.metrics import calibration_metrics
 from nlpcal.functional.ood import ood_detection_metrics
@@ -398,9 +398,7 @@ class _SaveLossState(TrainerCallback):
         if loss_state and args.should_save:
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{LOSS_STATE_NAME}.tmp"
-            tmp.write_text(json.dumps(loss_state))
-            os.replace(tmp, folder / LOSS_STATE_NAME)
+            write_text_atomic(folder / LOSS_STATE_NAME, json.dumps(loss_state))
         return control
 
 

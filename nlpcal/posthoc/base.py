@@ -9,11 +9,8 @@ for the scaling methods. ``state_dict()`` / ``load_state_dict()`` come from ``nn
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from nlpcal._io import staged
 from nlpcal._registry import Registry
 from nlpcal.functional._checks import check_labels, check_logits
 
@@ -98,8 +96,8 @@ class Calibrator(nn.Module):
         meta = json.dumps({"name": self.name, "config": self.config()}, indent=2)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         with (
-            _staged(directory / WEIGHTS_NAME) as weights_tmp,
-            _staged(directory / CONFIG_NAME) as config_tmp,
+            staged(directory / WEIGHTS_NAME) as weights_tmp,
+            staged(directory / CONFIG_NAME) as config_tmp,
         ):
             save_file(tensors, weights_tmp)
             Path(config_tmp).write_text(meta)
@@ -147,19 +145,3 @@ def load_calibrator(
     calibrator = create_calibrator(meta["name"], **meta.get("config", {}))
     calibrator.load_state_dict(load_file(str(weights_path), device=str(map_location)))
     return calibrator
-
-
-@contextlib.contextmanager
-def _staged(path: Path) -> Iterator[str]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
-
-    Nested stages rename innermost first, and only after every block body has succeeded.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
