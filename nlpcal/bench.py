@@ -199,15 +199,11 @@ class Method:
             raise ValueError(
                 f"method {name!r}: posthoc must be a list of distinct calibrator names"
             )
-        for index, calibrator in enumerate(posthoc):
+        for calibrator in posthoc:
             if calibrator not in list_calibrators():
                 raise ValueError(
                     f"method {name!r}: unknown calibrator {calibrator!r}; "
                     f"available: {', '.join(list_calibrators())}"
-                )
-            if index and create_calibrator(calibrator).requires_features:
-                raise ValueError(
-                    f"method {name!r}: {calibrator!r} needs penultimate features; list it first"
                 )
         return cls(name, loss_name, kwargs, tuple(posthoc))
 
@@ -516,8 +512,9 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
     calibrators = (
         {} if trainer.calibrator is None else {trainer.calibrator.name: trainer.calibrator}
     )
+    features = any(create_calibrator(name).requires_features for name in method.posthoc)
     if len(method.posthoc) > 1:
-        held_out = trainer.predictions(data.calibration, "calibration")
+        held_out = trainer.predictions(data.calibration, "calibration", features=features)
         for name in method.posthoc[1:]:
             calibrators[name] = create_calibrator(name).fit(
                 held_out.logits, held_out.labels, held_out.features
@@ -525,7 +522,7 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
     probs: dict[str, dict[str, np.ndarray]] = {}
     labels: dict[str, np.ndarray] = {}
     for name, dataset in data.sets.items():
-        preds = trainer.predictions(dataset, name)
+        preds = trainer.predictions(dataset, name, features=features)
         labels[name] = preds.labels.numpy()
         probs[name] = {NONE: preds.logits.float().softmax(-1).numpy()}
         with torch.no_grad():

@@ -248,10 +248,17 @@ class CalibratedTrainer(Trainer):
         self.last_eval_metrics = metrics
         return metrics
 
-    def predictions(self, dataset: Any, name: str = "predict") -> Predictions:
-        """Uncalibrated predictive logits, OOD scores and labels of the model on ``dataset``."""
-        needs_features = self.calibrator is not None and self.calibrator.requires_features
-        return self._predict(dataset, name, features=needs_features)
+    def predictions(
+        self, dataset: Any, name: str = "predict", features: bool | None = None
+    ) -> Predictions:
+        """Uncalibrated predictive logits, OOD scores and labels of the model on ``dataset``.
+
+        ``features`` collects the penultimate (first-token) features; by default only when the
+        fitted calibrator needs them.
+        """
+        if features is None:
+            features = self.calibrator is not None and self.calibrator.requires_features
+        return self._predict(dataset, name, features=features)
 
     def calibrated_probs(self, preds: Predictions) -> Tensor:
         """Class probabilities after the post-hoc calibrator (plain softmax if none is fitted)."""
