@@ -24,6 +24,7 @@ from nlpcal.functional._checks import check_labels, check_logits
 
 __all__ = [
     "Calibrator",
+    "ScalarCalibrator",
     "create_calibrator",
     "list_calibrators",
     "load_calibrator",
@@ -130,6 +131,29 @@ class Calibrator(nn.Module):
         if not bool(self.fitted):
             raise RuntimeError(f"{type(self).__name__} is not fitted: call .fit() first")
         return check_logits(logits)
+
+
+class ScalarCalibrator(Calibrator):
+    """Base of calibrators with one positive scalar, stored as its logarithm ``log_value``.
+
+    Subclasses fit the scalar in :meth:`_fit` (``self.log_value.copy_(value.log())``) and read it
+    through :attr:`value` (1 before fitting); ``max_iter`` bounds the L-BFGS iterations.
+    """
+
+    def __init__(self, max_iter: int = 100) -> None:
+        if max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        super().__init__()
+        self.max_iter = max_iter
+        self.register_buffer("log_value", torch.zeros(()))
+
+    @property
+    def value(self) -> Tensor:
+        """The fitted scalar ``exp(log_value)``."""
+        return self.log_value.exp()
+
+    def config(self) -> dict[str, Any]:
+        return {"max_iter": self.max_iter}
 
 
 def load_calibrator(

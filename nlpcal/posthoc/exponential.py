@@ -8,13 +8,13 @@ import torch
 from torch import Tensor
 
 from nlpcal.functional.scaling import fit_confidence_exponent
-from nlpcal.posthoc.base import Calibrator, register_calibrator
+from nlpcal.posthoc.base import ScalarCalibrator, register_calibrator
 
 __all__ = ["ExponentialCalibrator"]
 
 
 @register_calibrator("exponential")
-class ExponentialCalibrator(Calibrator):
+class ExponentialCalibrator(ScalarCalibrator):
     """Exponential calibration of SLOVA one-vs-all confidences: ``q_ŷ ↦ q_ŷ^a``.
 
     nlpcal's definition: the input is the SLOVA log-probabilities ``log q`` — what the ``ova``
@@ -51,25 +51,15 @@ class ExponentialCalibrator(Calibrator):
     True
     """
 
-    def __init__(self, max_iter: int = 100) -> None:
-        if max_iter < 1:
-            raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-        super().__init__()
-        self.max_iter = max_iter
-        self.register_buffer("log_a", torch.zeros(()))
-
     @property
     def exponent(self) -> Tensor:
-        """The fitted exponent ``a = exp(log_a)`` (1 before fitting)."""
-        return self.log_a.exp()
-
-    def config(self) -> dict[str, Any]:
-        return {"max_iter": self.max_iter}
+        """The fitted exponent ``a`` (1 before fitting)."""
+        return self.value
 
     def _fit(self, logits: Tensor, labels: Tensor, features: Tensor | None) -> None:
         log_conf, predicted = _check_log_q(logits).max(dim=1)
         exponent = fit_confidence_exponent(log_conf, predicted == labels, max_iter=self.max_iter)
-        self.log_a.copy_(exponent.log())
+        self.log_value.copy_(exponent.log())
 
     def forward(self, logits: Any, features: Any | None = None) -> Tensor:
         """``a · log q`` for SLOVA log-probabilities ``log q``; softmax gives ``q^a`` renormalised."""

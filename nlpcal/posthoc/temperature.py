@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from nlpcal.functional.scaling import fit_temperature
-from nlpcal.posthoc.base import Calibrator, register_calibrator
+from nlpcal.posthoc.base import ScalarCalibrator, register_calibrator
 
 __all__ = ["TemperatureScaler"]
 
 
 @register_calibrator("temperature")
-class TemperatureScaler(Calibrator):
+class TemperatureScaler(ScalarCalibrator):
     """Temperature scaling: calibrated logits ``z / T`` with one ``T > 0`` fitted by NLL.
 
-    ``T`` is stored as ``log_t`` (a buffer, so it is in ``state_dict`` but not in
+    ``T`` is stored as ``log_value`` (a buffer, so it is in ``state_dict`` but not in
     ``parameters()``) and fitted by :func:`~nlpcal.functional.scaling.fit_temperature`: L-BFGS on
     ``log T`` from ``T = 1``, a golden-section fallback, and a final check that guarantees an NLL
     no worse than the grid search of Desai & Durrett (2020). ``T > 1`` softens an over-confident
@@ -30,6 +29,7 @@ class TemperatureScaler(Calibrator):
         Guo et al., "On Calibration of Modern Neural Networks", ICML 2017. Desai & Durrett,
         "Calibration of Pre-trained Transformers", EMNLP 2020.
 
+    >>> import torch
     >>> g = torch.Generator().manual_seed(0)
     >>> z = 2 * torch.randn(5000, 4, generator=g)
     >>> y = torch.multinomial(z.softmax(-1), 1, generator=g).squeeze(1)
@@ -40,24 +40,14 @@ class TemperatureScaler(Calibrator):
     True
     """
 
-    def __init__(self, max_iter: int = 100) -> None:
-        if max_iter < 1:
-            raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-        super().__init__()
-        self.max_iter = max_iter
-        self.register_buffer("log_t", torch.zeros(()))
-
     @property
     def temperature(self) -> Tensor:
-        """The fitted temperature ``T = exp(log_t)`` (1 before fitting)."""
-        return self.log_t.exp()
-
-    def config(self) -> dict[str, Any]:
-        return {"max_iter": self.max_iter}
+        """The fitted temperature ``T`` (1 before fitting)."""
+        return self.value
 
     def _fit(self, logits: Tensor, labels: Tensor, features: Tensor | None) -> None:
         temperature = fit_temperature(logits, labels, max_iter=self.max_iter)
-        self.log_t.copy_(temperature.log())
+        self.log_value.copy_(temperature.log())
 
     def forward(self, logits: Any, features: Any | None = None) -> Tensor:
         """Calibrated logits ``logits / T`` on the logits' device; ``features`` are ignored."""

@@ -33,7 +33,7 @@ def test_calibrated_logits_are_the_logits_divided_by_t() -> None:
     logits, labels = calibrated_logits(500)
     scaler = TemperatureScaler().fit(3 * logits, labels)
     assert torch.equal(scaler(3 * logits), 3 * logits / scaler.temperature)
-    assert torch.allclose(scaler.log_t.exp(), scaler.temperature)
+    assert torch.allclose(scaler.log_value.exp(), scaler.temperature)
 
 
 def test_nll_improves_on_held_out_data_and_is_no_worse_than_the_grid() -> None:
@@ -51,7 +51,7 @@ def test_temperature_is_one_before_fitting_and_the_buffer_is_not_a_parameter() -
     scaler = TemperatureScaler()
     assert float(scaler.temperature) == 1.0
     assert list(scaler.parameters()) == []
-    assert set(scaler.state_dict()) == {"fitted", "log_t"}
+    assert set(scaler.state_dict()) == {"fitted", "log_value"}
 
 
 def test_rejects_bad_max_iter() -> None:
