@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from datasets import ClassLabel, Dataset, Features, Sequence, Value
 from transformers import TrainingArguments
 
 from nlpcal import CalibratedTrainer, CalibrationArguments, list_losses, load_calibrated
+from nlpcal.losses import CrossEntropyLoss
 from tests.conftest import NUM_LABELS, tiny_model
 
 SEQ_LEN = 10
@@ -262,3 +264,40 @@ def test_unknown_calibration_set_is_reported(tmp_path):
     )
     with pytest.raises(ValueError, match="calibration_set 'validation' is not an eval set"):
         trainer.train()
+
+
+class CountingLoss(CrossEntropyLoss):
+    """Cross-entropy that counts its training calls: per-run state kept by the loss."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def compute(self, model, inputs, ctx):
+        if model.training:
+            self.calls += 1
+        return super().compute(model, inputs, ctx)
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state["calls"]
+
+
+def test_loss_state_is_checkpointed_and_restored_on_resume(tmp_path):
+    args = make_args(tmp_path, max_steps=6, save_strategy="steps", save_steps=3)
+    first = CalibratedTrainer(
+        tiny_model("bert"), args, loss=CountingLoss(), train_dataset=signal_dataset()
+    )
+    first.train()
+    assert first.calibration_loss.calls == 6
+    saved = json.loads((tmp_path / "out" / "checkpoint-3" / "nlpcal_loss_state.json").read_text())
+    assert saved == {"calls": 3}
+
+    resumed = CalibratedTrainer(
+        tiny_model("bert"), args, loss=CountingLoss(), train_dataset=signal_dataset()
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
+    assert resumed.calibration_loss.calls == 6
