@@ -66,9 +66,8 @@ import torch
 from nlpcal._io import staged, write_text_atomic
 from nlpcal.args import CalibrationArguments
 from nlpcal.data import Task, corrupt_dataset, load_source
-from nlpcal.functional.metrics import calibration_metrics, expected_calibration_error
+from nlpcal.functional.metrics import evaluation_metrics, expected_calibration_error
 from nlpcal.functional.ood import ood_detection_metrics
-from nlpcal.functional.selective import aurc
 from nlpcal.losses import create_loss
 from nlpcal.pipeline import (
     DEFAULT_MODEL,
@@ -438,18 +437,18 @@ def shift_metrics(probs: Any, labels: Any, in_domain_probs: Any | None = None) -
     (0.6667, 0.6667)
     """
     probs, labels = torch.as_tensor(probs), torch.as_tensor(labels)
-    values = calibration_metrics(probs, labels, n_bins=15)
-    confidence, prediction = probs.max(dim=-1)
+    values = evaluation_metrics(probs, labels, n_bins=15)
     result = {
         "accuracy": values["accuracy"],
         "ece_10": expected_calibration_error(probs, labels, n_bins=10),
         "ece_15": values["ece"],
         "brier": values["brier"],
         "nll": values["nll"],
-        "aurc": aurc(confidence, prediction == labels),
+        "aurc": values["aurc"],
     }
     if in_domain_probs is not None:
         reference = torch.as_tensor(in_domain_probs).max(dim=-1).values
+        confidence = probs.max(dim=-1).values
         result["ood_auroc"] = ood_detection_metrics(reference, confidence)["auroc"]
     return {key: float(value) for key, value in result.items()}
 

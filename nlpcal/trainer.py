@@ -25,9 +25,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from nlpcal._io import write_text_atomic
 from nlpcal.args import calibration_settings
-from nlpcal.functional.metrics import calibration_metrics
+from nlpcal.functional.metrics import calibration_metrics, evaluation_metrics
 from nlpcal.functional.ood import ood_detection_metrics
-from nlpcal.functional.selective import aurc
 from nlpcal.hub import calibration_card, save_calibration
 from nlpcal.losses import CalibrationLoss, LossContext, create_loss
 from nlpcal.posthoc import Calibrator, create_calibrator
@@ -276,9 +275,7 @@ class CalibratedTrainer(Trainer):
             variants[f"{self.calibrator.name}_"] = self.calibrated_probs(pred)
         metrics = {f"{key}_loss": float(F.cross_entropy(pred.logits.float(), pred.labels))}
         for tag, probs in variants.items():
-            values = calibration_metrics(probs, pred.labels, n_bins=bins)
-            confidence, prediction = probs.max(dim=-1)
-            values["aurc"] = aurc(confidence, prediction == pred.labels)
+            values = evaluation_metrics(probs, pred.labels, n_bins=bins)
             metrics.update({f"{key}_{tag}{k}": float(v) for k, v in values.items()})
         return metrics
 

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from nlpcal.functional._checks import check_labels, check_probs
+from nlpcal.functional.selective import aurc
 
 __all__ = [
     "Binning",
@@ -48,6 +49,7 @@ __all__ = [
     "calibration_metrics",
     "classwise_calibration_error",
     "debiased_calibration_error",
+    "evaluation_metrics",
     "expected_calibration_error",
     "max_calibration_error",
     "negative_log_likelihood",
@@ -421,7 +423,35 @@ def calibration_metrics(
     n_bins = _check_n_bins(n_bins)
     eps = _check_eps(eps)
     probs, labels = _inputs(probs, labels)
+    return _calibration_metrics(probs, labels, *_top_label(probs, labels), n_bins, eps)
+
+
+def evaluation_metrics(
+    probs: Any, labels: Any, n_bins: int = 15, eps: float = 1e-12
+) -> dict[str, Tensor]:
+    """:func:`calibration_metrics` plus ``aurc``, the area under the risk-coverage curve when the
+    least confident predictions (by maximum probability) are rejected first.
+
+    These are the per-set metrics that ``CalibratedTrainer.evaluate``, the benchmark runner and
+    :func:`~nlpcal.metrics.make_compute_metrics` report.
+
+    >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    >>> metrics = evaluation_metrics(probs, torch.tensor([0, 1, 1]))
+    >>> sorted(metrics)
+    ['accuracy', 'aurc', 'brier', 'ece', 'mce', 'nll', 'rmsce']
+    """
+    n_bins = _check_n_bins(n_bins)
+    eps = _check_eps(eps)
+    probs, labels = _inputs(probs, labels)
     confidence, correct = _top_label(probs, labels)
+    metrics = _calibration_metrics(probs, labels, confidence, correct, n_bins, eps)
+    metrics["aurc"] = aurc(confidence, correct)
+    return metrics
+
+
+def _calibration_metrics(
+    probs: Tensor, labels: Tensor, confidence: Tensor, correct: Tensor, n_bins: int, eps: float
+) -> dict[str, Tensor]:
     sums = _bin_sums(_uniform_bin_index(confidence, n_bins), correct, confidence, n_bins)
     p_true = _true_class_probs(probs, labels)
     return _metrics_from_sums(sums, _brier_sum(probs, p_true), _nll_sum(p_true, eps), probs.dtype)

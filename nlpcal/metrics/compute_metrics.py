@@ -10,10 +10,9 @@ import torch
 from nlpcal.functional._checks import check_labels, check_logits
 from nlpcal.functional.metrics import (
     _check_n_bins,
-    calibration_metrics,
     classwise_calibration_error,
+    evaluation_metrics,
 )
-from nlpcal.functional.selective import aurc
 
 if TYPE_CHECKING:
     from transformers import EvalPrediction
@@ -56,10 +55,8 @@ def make_compute_metrics(
         predictions, label_ids = _unpack(eval_pred)
         probs = torch.softmax(check_logits(predictions, "predictions").float(), dim=1)
         labels = check_labels(label_ids, probs.shape[0], probs.shape[1], "label_ids")
-        metrics = calibration_metrics(probs, labels, n_bins=n_bins)
+        metrics = evaluation_metrics(probs, labels, n_bins=n_bins)
         metrics["classwise_ece"] = classwise_calibration_error(probs, labels, n_bins=n_bins)
-        confidence, prediction = probs.max(dim=1)
-        metrics["aurc"] = aurc(confidence, prediction == labels)
         return {prefix + name: float(value) for name, value in metrics.items()}
 
     return compute_metrics

@@ -486,3 +486,19 @@ def test_enum_and_string_options_are_interchangeable():
     assert float(
         expected_calibration_error(probs, labels, norm=Norm.L2, binning=Binning.QUANTILE)
     ) == float(expected_calibration_error(probs, labels, norm="l2", binning="quantile"))
+
+
+def test_evaluation_metrics_are_calibration_metrics_plus_aurc_of_the_max_probability():
+    from nlpcal.functional.metrics import evaluation_metrics
+    from nlpcal.functional.selective import aurc
+
+    g = torch.Generator().manual_seed(3)
+    probs = torch.softmax(3 * torch.randn(500, 4, generator=g), dim=1)
+    labels = torch.randint(0, 4, (500,), generator=g)
+    values = evaluation_metrics(probs, labels, n_bins=10)
+    expected = calibration_metrics(probs, labels, n_bins=10)
+    confidence, prediction = probs.max(dim=1)
+    expected["aurc"] = aurc(confidence, prediction == labels)
+    assert values.keys() == expected.keys()
+    for key in expected:
+        assert torch.allclose(values[key].double(), expected[key].double()), key
