@@ -6,6 +6,7 @@ What they are, how they were sampled and their licences: ``nlpcal/data/samples/R
 from __future__ import annotations
 
 from importlib.resources import as_file, files
+from pathlib import Path
 from typing import TypedDict
 
 from datasets import Dataset
@@ -13,7 +14,13 @@ from datasets import Dataset
 from nlpcal.data.loaders import load_local
 from nlpcal.data.schema import Task
 
-__all__ = ["SentimentShiftSample", "list_samples", "load_sample", "sentiment_shift_sample"]
+__all__ = [
+    "SentimentShiftSample",
+    "example_path",
+    "list_samples",
+    "load_sample",
+    "sentiment_shift_sample",
+]
 
 # name -> split -> file under nlpcal/data/samples; every bundled sample is sentiment data.
 _SAMPLES: dict[str, dict[str, str]] = {
@@ -23,6 +30,8 @@ _SAMPLES: dict[str, dict[str, str]] = {
     "amazon": {"test": "amazon.txt"},
 }
 _OOD = ("imdb", "yelp", "amazon")
+# Files under nlpcal/data/samples/examples that show the data a user brings, for load_local.
+_EXAMPLES = ("news_topics.csv",)
 
 
 class SentimentShiftSample(TypedDict):
@@ -69,6 +78,25 @@ def load_sample(name: str, split: str | None = None) -> Dataset:
         raise ValueError(f"sample {name!r} has the splits {', '.join(splits)}; got split={split!r}")
     with as_file(files("nlpcal.data") / "samples" / splits[split]) as path:
         return load_local(path, Task.SENTIMENT)
+
+
+def example_path(name: str = "news_topics.csv") -> Path:
+    """The path of a bundled example file, to try the loaders on data like your own.
+
+    ``news_topics.csv`` holds 400 AG News texts with a ``text,label`` header and the class names
+    (``Business``, ``Sci/Tech``, ``Sports``, ``World``) as labels.
+
+    Raises:
+        ValueError: unknown name.
+
+    >>> from nlpcal.data import load_local
+    >>> news = load_local(example_path("news_topics.csv"))
+    >>> news.num_rows, news.features["label"].names
+    (400, ['Business', 'Sci/Tech', 'Sports', 'World'])
+    """
+    if name not in _EXAMPLES:
+        raise ValueError(f"unknown example {name!r}; available: {', '.join(_EXAMPLES)}")
+    return Path(str(files("nlpcal.data") / "samples" / "examples" / name))
 
 
 def sentiment_shift_sample() -> SentimentShiftSample:

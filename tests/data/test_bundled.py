@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import importlib.util
 import re
 import shutil
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from nlpcal.data import list_samples, load_dataset_by_name, load_sample, sentiment_shift_sample
-from nlpcal.data.make_samples import SAMPLES_DIR, SOURCES, main, make_samples
+from nlpcal.data import (
+    example_path,
+    list_samples,
+    load_dataset_by_name,
+    load_local,
+    load_sample,
+    sentiment_shift_sample,
+)
 
+
+def _import_script(name):
+    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the script runs
+    spec.loader.exec_module(module)
+    return module
+
+
+make_samples_script = _import_script("make_samples")
+SAMPLES_DIR, SOURCES = make_samples_script.SAMPLES_DIR, make_samples_script.SOURCES
+main, make_samples = make_samples_script.main, make_samples_script.make_samples
 README = SAMPLES_DIR / "README.md"
 # | `sst2/train.tsv` | 2,000 | 884 / 1,116 | ... | bytes | `sha256` |
 ROW = re.compile(
@@ -53,11 +76,46 @@ def test_samples_match_their_readme():
 
 def test_samples_are_small_and_attributed():
     total = sum(path.stat().st_size for path in SAMPLES_DIR.rglob("*") if path.is_file())
-    assert total < 600_000
+    assert total < 750_000  # the sentiment samples and the two example CSVs of your own data
     text = README.read_text(encoding="utf-8")
-    for phrase in ("Kotzias", "CC BY 4.0", "MIT", "GLUE", "seed is **0**"):
+    for phrase in ("Kotzias", "CC BY 4.0", "MIT", "GLUE", "seed is **0**", "AG News", "Zhang"):
         assert phrase in text
     assert (SAMPLES_DIR / "sst2" / "LICENSE.repo-alps").is_file()
+
+
+def test_example_csv_has_string_labels_and_matches_its_readme():
+    path = example_path("news_topics.csv")
+    assert path == SAMPLES_DIR / "examples" / "news_topics.csv"
+    with path.open(encoding="utf-8", newline="") as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == ["text", "label"]
+    counts = Counter(label for _, label in rows[1:])
+    assert counts == {"World": 100, "Sports": 100, "Business": 100, "Sci/Tech": 100}
+    content = path.read_bytes()
+    row = (
+        "| `examples/news_topics.csv` | 400 | Business 100, Sci/Tech 100, Sports 100, World 100 | "
+        f"400 of 7,600 rows of `text/agnews/test.tsv` | {len(content):,} | "
+        f"`{hashlib.sha256(content).hexdigest()}` |"
+    )
+    assert row in README.read_text(encoding="utf-8").split("\n")
+    ds = load_local(path)
+    assert ds.features["label"].names == ["Business", "Sci/Tech", "Sports", "World"]
+    assert [ds.features["label"].int2str(label) for label in ds["label"]] == [
+        label for _, label in rows[1:]
+    ]
+    with pytest.raises(ValueError, match=r"unknown example 'emotion\.csv'; available: news_topics"):
+        example_path("emotion.csv")
+
+
+def test_example_csv_rows_are_verbatim_ag_news_rows(shared_data):
+    full = load_dataset_by_name("ag_news", "test", data_dir=shared_data)
+    names = full.features["label"].names
+    source = {(text, names[label]) for text, label in zip(full["text"], full["label"], strict=True)}
+    example = load_local(example_path())
+    names = example.features["label"].names
+    pairs = {(t, names[label]) for t, label in zip(example["text"], example["label"], strict=True)}
+    assert len(pairs) == 400
+    assert pairs <= source
 
 
 def test_sentiment_shift_sample_layout():

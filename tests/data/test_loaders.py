@@ -9,7 +9,16 @@ from collections import Counter
 import datasets
 import pytest
 
-from nlpcal.data import Task, list_datasets, load_dataset_by_name, load_local, task_features
+from nlpcal.data import (
+    Task,
+    list_datasets,
+    load_dataset_by_name,
+    load_hub,
+    load_local,
+    load_source,
+    schema_features,
+    task_features,
+)
 from nlpcal.data.registry import get_dataset_spec
 
 # (name, split) -> (rows, label counts by name), from ../shared/data/README.md and the files.
@@ -372,3 +381,79 @@ def test_hub_with_unexpected_classes_or_columns_is_rejected(monkeypatch):
     _fake_hub(monkeypatch, datasets.Dataset.from_dict({"title": ["x"], "label": [0]}))
     with pytest.raises(ValueError, match=r"lacks the columns \['content'\]"):
         load_dataset_by_name("amazon_polarity", "test")
+
+
+EMOTIONS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+
+
+def _emotion_hub():
+    return datasets.Dataset.from_dict(
+        {"id": [10, 11, 12, 13], "sentence": ["s0", "s1", "s2", "s3"], "coarse": [0, 5, -1, 2]},
+        features=datasets.Features(
+            {
+                "id": datasets.Value("int32"),
+                "sentence": datasets.Value("string"),
+                "coarse": datasets.ClassLabel(names=EMOTIONS),
+            }
+        ),
+    )
+
+
+def test_any_hub_dataset_with_config_split_and_column_mapping(monkeypatch, caplog):
+    calls = _fake_hub(monkeypatch, _emotion_hub())
+    columns = {"text_column": "sentence", "label_column": "coarse"}
+    with caplog.at_level(logging.WARNING, logger="nlpcal.data.loaders"):
+        ds = load_hub("dair-ai/emotion", "test", config="split", **columns)
+    assert calls == [("dair-ai/emotion", "split", "test")]
+    assert ds.features == schema_features(EMOTIONS)
+    assert ds[:] == {"text": ["s0", "s1", "s3"], "label": [0, 5, 2]}
+    assert "dair-ai/emotion (test): removed 1 of 4 examples without a gold label" in caplog.text
+    by_name = load_hub("dair-ai/emotion", "test", labels=sorted(EMOTIONS), **columns)
+    assert by_name.features["label"].names == sorted(EMOTIONS)
+    assert [by_name.features["label"].int2str(i) for i in by_name["label"]] == [
+        "sadness",
+        "surprise",
+        "love",
+    ]
+    assert load_source("hub:dair-ai/emotion:split/test", **columns)[:] == ds[:]
+    assert calls[-1] == ("dair-ai/emotion", "split", "test")
+    assert load_source("hub:dair-ai/emotion/validation", **columns).num_rows == 3
+    assert calls[-1] == ("dair-ai/emotion", None, "validation")
+
+
+def test_hub_dataset_with_string_labels_takes_the_task_names(monkeypatch):
+    reviews = datasets.Dataset.from_dict(
+        {"review": ["meh", "wow"], "label": ["negative", "positive"]}
+    )
+    _fake_hub(monkeypatch, reviews)
+    ds = load_source("hub:someone/reviews/test", "sentiment")
+    assert ds.features == task_features("sentiment")
+    assert ds[:] == {"text": ["meh", "wow"], "label": [0, 1]}
+
+
+def test_hub_split_without_gold_labels_loads_only_as_an_unlabelled_set(monkeypatch):
+    glue_test = datasets.Dataset.from_dict(
+        {"premise": ["p0", "p1"], "hypothesis": ["h0", "h1"], "label": [-1, -1]},
+        features=datasets.Features(
+            {
+                "premise": datasets.Value("string"),
+                "hypothesis": datasets.Value("string"),
+                "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"]),
+            }
+        ),
+    )
+    _fake_hub(monkeypatch, glue_test)
+    ds = load_hub("nyu-mll/glue", "test_matched", config="mnli", require_labels=False)
+    assert ds.features == schema_features(None, text_pair=True)
+    assert ds[:] == {"text": ["p0", "p1"], "text_pair": ["h0", "h1"]}
+    with pytest.raises(
+        ValueError, match=r"nyu-mll/glue \(test_matched\): every label in column 'label' is -1"
+    ):
+        load_hub("nyu-mll/glue", "test_matched", config="mnli")
+
+
+def test_any_hub_dataset_offline_gets_a_local_files_hint(monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ConnectionError, match=r"'dair-ai/emotion'.*offline mode is on.*load_local"):
+        load_hub("dair-ai/emotion", "test")

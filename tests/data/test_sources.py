@@ -33,3 +33,14 @@ def test_file_and_hub_sources(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(ConnectionError, match="data_dir="):
         load_source("hub:ag_news/test", "topic")
+
+
+def test_sources_without_a_task(tmp_path):
+    path = tmp_path / "tickets.csv"
+    path.write_text("body,team\nrefund please,billing\napp crashes,tech\n", encoding="utf-8")
+    ds = load_source(str(path), text_column="body", label_column="team")
+    assert ds.features["label"].names == ["billing", "tech"]
+    assert ds[:] == {"text": ["refund please", "app crashes"], "label": [0, 1]}
+    assert load_source("sample:yelp")[:5] == load_sample("yelp")[:5]
+    with pytest.raises(ValueError, match=r"needs a split: hub:NAME/SPLIT or hub:OWNER/DATASET"):
+        load_source("hub:sst2")

@@ -2,19 +2,24 @@
 
 Run from the project root::
 
-    python -m nlpcal.data.make_samples --source ../shared/data
+    python scripts/make_samples.py --source ../shared/data
 
 The output is a deterministic function of the source files (checked against their SHA-256) and
-:data:`SEED`: SST-2 rows are chosen per label by the smallest ``sha256(f"{SEED}:{line}")``, which
-does not depend on the Python or NumPy version, and kept in file order; the other files are
-copied byte for byte. The README, with counts and checksums, is written too.
+:data:`SEED`: SST-2 and AG News rows are chosen per label by the smallest
+``sha256(f"{SEED}:{line}")``, which does not depend on the Python or NumPy version, and kept in
+file order; the AG News rows are written as a CSV with class names as labels (the example of "your
+own CSV"); the other files are copied byte for byte. The README, with counts and checksums, is
+written too.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
+import io
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +29,7 @@ __all__ = ["SAMPLES_DIR", "SEED", "SOURCES", "main", "make_samples"]
 logger = logging.getLogger(__name__)
 
 SEED = 0
-SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "nlpcal" / "data" / "samples"
 
 SOURCES: dict[str, str] = {
     "text/sst2/train.tsv": "920e317b2c52e12cd22db1da2c6708312bd7dc4f3712b9bbf1b50ee6c2c792ba",
@@ -33,6 +38,7 @@ SOURCES: dict[str, str] = {
     "text/sst2/LICENSE.repo-alps": (
         "e05c2e791b7aba247aeae3e9d38e474e53fc686a1407576ccfe8bc60d6b65315"
     ),
+    "text/agnews/dev.tsv": "7a0811e0006080bf4de17752c5466450ff3db778be71bc5bcf3c4e99b5f0803d",
     "text/sentiment_sentences/imdb_labelled.txt": (
         "aef2e49e3da25714d61175e3a6e68eeef74a20a2f914318dc3be9947ea86512d"
     ),
@@ -42,6 +48,7 @@ SOURCES: dict[str, str] = {
     "text/sentiment_sentences/amazon_cells_labelled.txt": (
         "47003fc0a0d4840b00e96e715b6189bad09e7443a3da41c4cbe12ffc79f86ae3"
     ),
+    "text/agnews/test.tsv": "e4217edd939f618f24a42b0988c56ec3cddf656d8dc279b9afa443dd1ab6a1c1",
 }
 
 
@@ -62,6 +69,12 @@ _SAMPLES = (
     _Sample("amazon.txt", "text/sentiment_sentences/amazon_cells_labelled.txt"),
 )
 _LICENSE = ("sst2/LICENSE.repo-alps", "text/sst2/LICENSE.repo-alps")
+# The example of "your own CSV": AG News rows as `text,label` with the class names as labels,
+# training rows from its dev split, test rows from its test split.
+_EXAMPLES = (
+    _Sample("examples/news_topics.csv", "text/agnews/test.tsv", rows=400),
+    _Sample("examples/news_topics_train.csv", "text/agnews/dev.tsv", rows=800),
+)
 
 
 def make_samples(source: str | Path, out: str | Path = SAMPLES_DIR) -> list[Path]:
@@ -84,6 +97,8 @@ def make_samples(source: str | Path, out: str | Path = SAMPLES_DIR) -> list[Path
         for sample in _SAMPLES
     }
     outputs[_LICENSE[0]] = raw[_LICENSE[1]]
+    for example in _EXAMPLES:
+        outputs[example.target] = _example_csv(raw[example.source], example)
     outputs["README.md"] = _readme(outputs, raw).encode("utf-8")
     written = []
     for target, content in outputs.items():
@@ -98,7 +113,7 @@ def make_samples(source: str | Path, out: str | Path = SAMPLES_DIR) -> list[Path
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point: ``python -m nlpcal.data.make_samples --source DIR [--out DIR]``."""
+    """Command-line entry point: ``python scripts/make_samples.py --source DIR [--out DIR]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, required=True, help="the shared data folder")
     parser.add_argument("--out", type=Path, default=SAMPLES_DIR, help="destination folder")
@@ -128,13 +143,29 @@ def _rows(content: bytes, header: bool) -> tuple[bytes, list[bytes]]:
 def _take(content: bytes, sample: _Sample) -> bytes:
     """A stratified sample of ``sample.rows`` lines, labels in proportion, in file order."""
     header, lines = _rows(content, sample.header)
+    return header + b"".join(lines[index] + b"\n" for index in _choose(lines, sample.rows))
+
+
+def _example_csv(content: bytes, sample: _Sample) -> bytes:
+    """A stratified sample of a headerless ``text<TAB>label`` file as a ``text,label`` CSV."""
+    lines = _rows(content, sample.header)[1]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["text", "label"])
+    for index in _choose(lines, sample.rows):
+        writer.writerow(lines[index].decode("utf-8").rsplit("\t", 1))
+    return buffer.getvalue().encode("utf-8")
+
+
+def _choose(lines: list[bytes], rows: int) -> list[int]:
+    """Indices of a stratified sample of ``rows`` TSV lines, labels in proportion, sorted."""
     by_label: dict[bytes, list[int]] = {}
     for index, line in enumerate(lines):
         by_label.setdefault(line.rsplit(b"\t", 1)[1], []).append(index)
     chosen: list[int] = []
-    for label, quota in _quotas(by_label, sample.rows).items():
+    for label, quota in _quotas(by_label, rows).items():
         chosen += sorted(by_label[label], key=_key)[:quota]
-    return header + b"".join(lines[index] + b"\n" for index in sorted(chosen))
+    return sorted(chosen)
 
 
 def _quotas(by_label: dict[bytes, list[int]], rows: int) -> dict[bytes, int]:
@@ -165,10 +196,26 @@ def _readme(outputs: dict[str, bytes], raw: dict[str, bytes]) -> str:
             f"{labels.count(b'1'):,} | {taken} {source_rows:,} rows of `{sample.source}` | "
             f"{len(content):,} | `{hashlib.sha256(content).hexdigest()}` |"
         )
+    example_rows = []
+    for sample in _EXAMPLES:
+        example = outputs[sample.target]
+        rows = list(csv.reader(io.StringIO(example.decode("utf-8"), newline="")))[1:]
+        counts = Counter(r[1] for r in rows)
+        source_rows = len(_rows(raw[sample.source], sample.header)[1])
+        example_rows.append(
+            f"| `{sample.target}` | {len(rows):,} | "
+            f"{', '.join(f'{label} {n:,}' for label, n in sorted(counts.items()))} | "
+            f"{sample.rows:,} of {source_rows:,} rows of `{sample.source}` | {len(example):,} | "
+            f"`{hashlib.sha256(example).hexdigest()}` |"
+        )
     sources = "\n".join(f"| `{name}` | `{digest}` |" for name, digest in SOURCES.items())
     data_bytes = sum(map(len, outputs.values()))
     return _README.format(
-        table="\n".join(table), sources=sources, seed=SEED, data_bytes=f"{data_bytes:,}"
+        table="\n".join(table),
+        example="\n".join(example_rows),
+        sources=sources,
+        seed=SEED,
+        data_bytes=f"{data_bytes:,}",
     )
 
 
@@ -176,7 +223,7 @@ _README = """\
 # Bundled samples
 
 Small real datasets shipped inside nlpcal, so that the README demo and the tests run without
-downloads. **Generated by `python -m nlpcal.data.make_samples --source ../shared/data`; do not
+downloads. **Generated by `python scripts/make_samples.py --source ../shared/data`; do not
 edit by hand**: a test checks that the script reproduces every file here byte for byte.
 
 Load them with `nlpcal.data.load_sample(name, split)`, or all at once with
@@ -191,6 +238,24 @@ The data files and the licence notice total {data_bytes} bytes. Labels: 0 negati
 The SST-2 files have a `sentence<TAB>label` header; the sentence files have none. `imdb.txt`
 contains U+0085 (NEL) inside two sentences: split its lines on `\\n` only.
 
+## An example of your own data
+
+`examples/news_topics_train.csv` and `examples/news_topics.csv` are files of the kind a user
+brings: CSVs with a `text,label` header and class names as labels (training rows and test rows).
+`nlpcal.data.load_local` reads them without a task, and infers the label set from them (the
+sorted names `Business`, `Sci/Tech`, `Sports`, `World`); `recipes/news_topics_csv.yaml` runs
+the whole benchmark on them:
+
+```python
+from nlpcal.data import example_path, load_local
+
+news = load_local(example_path("news_topics.csv"))
+```
+
+| file | rows | rows per label | taken | bytes | SHA-256 |
+|---|---|---|---|---|---|
+{example}
+
 ## How the files were made
 
 - `sst2/train.tsv`, `sst2/dev.tsv`: stratified random samples. Each label gets a share of the rows
@@ -203,13 +268,18 @@ contains U+0085 (NEL) inside two sentences: split its lines on `\\n` only.
   was done.
 - `sst2/test.tsv`: the whole source file, which is the GLUE SST-2 validation set.
 - `imdb.txt`, `yelp.txt`, `amazon.txt`: the UCI sentence files, renamed, contents unchanged.
-- `sst2/LICENSE.repo-alps`: the licence of the repository the SST-2 files come from.
+- `sst2/LICENSE.repo-alps`: the licence of the repository the SST-2 and AG News files come from.
+- `examples/news_topics.csv`, `examples/news_topics_train.csv`: stratified samples of the AG
+  News test and dev files, taken like the SST-2 samples (seed **{seed}**), rows in source order. Each `text<TAB>label` line became one CSV row
+  (RFC 4180 quoting, `\\n` line ends); the texts are unchanged, AG News's own artefacts included
+  (stray backslashes, HTML remnants such as `#36;` for `$`).
 
 ## Sources
 
 The shared benchmark data of the project (`../shared/data`), whose files are verbatim copies of
-`data/SST-2/` in forest-snow/alps @3c7ef2c9 and of `sentiment labelled sentences/` in
-nthuandrew/DM2023-Lab1-Master @f4e4fcd1. The script refuses sources with other checksums.
+`data/SST-2/` and `data/agnews/` in forest-snow/alps @3c7ef2c9 and of `sentiment labelled
+sentences/` in nthuandrew/DM2023-Lab1-Master @f4e4fcd1. The script refuses sources with other
+checksums.
 
 | source file | SHA-256 |
 |---|---|
@@ -227,6 +297,13 @@ nthuandrew/DM2023-Lab1-Master @f4e4fcd1. The script refuses sources with other c
   Features", KDD 2015; UCI Machine Learning Repository, licensed under CC BY 4.0
   (https://creativecommons.org/licenses/by/4.0/). Changes: the files `imdb_labelled.txt`,
   `yelp_labelled.txt` and `amazon_cells_labelled.txt` were renamed; their contents are unchanged.
+- **AG News** (`examples/news_topics*.csv`): Xiang Zhang, Junbo Zhao and Yann LeCun,
+  "Character-level Convolutional Networks for Text Classification", NeurIPS 2015, built from
+  Antonio Gulli's AG corpus of news articles
+  (http://groups.di.unipi.it/~gulli/AG_corpus_of_news_articles.html), which is offered for research
+  and other non-commercial use; nlpcal's Apache-2.0 licence does not extend to it. The AG News
+  files come from the forest-snow/alps repository (MIT licence, notice in
+  `sst2/LICENSE.repo-alps`). Changes: a sample of the rows, written as CSV (see above).
 """
 
 
