@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from nlpcal._io import staged
+from nlpcal._io import check_safetensors, read_json, staged
 from nlpcal._registry import Registry
 from nlpcal.functional._checks import check_labels, check_logits
 
@@ -62,11 +62,14 @@ class Calibrator(nn.Module):
     Subclasses implement :meth:`_fit` and :meth:`forward`, return their constructor arguments from
     :meth:`config`, and keep every learned quantity in parameters or buffers (so ``state_dict``
     holds the whole fitted state). ``requires_features`` marks methods that need penultimate
-    features (AdaTS).
+    features (AdaTS). ``normalized = False`` marks methods whose outputs are unnormalised log
+    class probabilities (SLOVA's exponential calibration), read as in
+    :mod:`nlpcal.functional.predictive`.
     """
 
     name: ClassVar[str]
     requires_features: ClassVar[bool] = False
+    normalized: ClassVar[bool] = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -159,13 +162,29 @@ class ScalarCalibrator(Calibrator):
 def load_calibrator(
     directory: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> Calibrator:
-    """Load a calibrator written by :meth:`Calibrator.save`."""
+    """Load a calibrator written by :meth:`Calibrator.save`.
+
+    Raises:
+        FileNotFoundError: when ``calibrator.json`` or ``calibrator.safetensors`` is missing.
+        ValueError: naming the file, when one is corrupted or truncated, or when the weights do
+            not fit the calibrator that the config describes.
+    """
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for path in (config_path, weights_path):
         if not path.is_file():
             raise FileNotFoundError(f"no saved calibrator at {directory}: {path.name} is missing")
-    meta = json.loads(config_path.read_text())
-    calibrator = create_calibrator(meta["name"], **meta.get("config", {}))
-    calibrator.load_state_dict(load_file(str(weights_path), device=str(map_location)))
+    meta = read_json(config_path, required=("name", "config"))
+    try:
+        calibrator = create_calibrator(meta["name"], **meta["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{config_path} does not describe a calibrator: {err}") from err
+    check_safetensors(weights_path)
+    try:
+        calibrator.load_state_dict(load_file(str(weights_path), device=str(map_location)))
+    except RuntimeError as err:
+        raise ValueError(
+            f"{weights_path} does not hold the weights of the {meta['name']} calibrator "
+            f"described by {config_path}: {err}"
+        ) from err
     return calibrator
