@@ -72,13 +72,19 @@ def check_probs(probs: Any, name: str = "probs", atol: float = _PROB_ATOL) -> Te
     if lo < 0 or hi > 1:
         raise ValueError(
             f"{name} must lie in [0, 1], got values in [{float(lo):.4g}, {float(hi):.4g}]; "
-            "pass logits to the *_from_logits variant or apply softmax first"
+            "these look like logits: apply softmax over the classes first "
+            "(torch.softmax(logits, dim=1))"
         )
     row_err = (probs.sum(dim=1) - 1).abs().max()
     if row_err > atol:
+        if (probs.sum(dim=0) - 1).abs().max() <= atol:
+            hint = (
+                f"its columns do: pass {name} of shape (n_examples, n_classes), not its transpose"
+            )
+        else:
+            hint = "apply softmax over the classes if these are logits, else normalise each row"
         raise ValueError(
-            f"{name} rows must sum to 1 (max deviation {float(row_err):.3g} > {atol}); "
-            "these look like logits or unnormalised scores"
+            f"{name} rows must sum to 1 (max deviation {float(row_err):.3g} > {atol}); {hint}"
         )
     return probs
 
@@ -95,11 +101,26 @@ def check_scores(scores: Any, name: str = "scores") -> Tensor:
 
 
 def check_labels(labels: Any, n_examples: int, num_classes: int, name: str = "labels") -> Tensor:
-    """Validate integer class labels of shape ``(n,)`` with values in ``[0, num_classes)``."""
-    if isinstance(labels, np.ndarray):
+    """Validate integer class labels of shape ``(n,)`` with values in ``[0, num_classes)``.
+
+    Integral floats are accepted; strings, objects and booleans are not.
+    """
+    if not isinstance(labels, Tensor):
+        try:
+            labels = np.asarray(labels)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"{name} must be integer class indices of shape (n_examples,), but the "
+                f"{type(labels).__name__} does not convert to an array: {err}"
+            ) from err
+        if labels.dtype.kind not in "biufc":  # bool and complex are rejected below
+            example = f" such as {str(labels.flat[0])!r}" if labels.size else ""
+            raise ValueError(
+                f"{name} must be integer class indices in [0, {num_classes - 1}], got "
+                f"{labels.dtype} values{example}; map label names to indices first "
+                "(e.g. with model.config.label2id)"
+            )
         labels = torch.from_numpy(labels)
-    elif not isinstance(labels, Tensor):
-        labels = torch.as_tensor(labels)
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         if labels.is_floating_point() and bool((labels == labels.round()).all()):
             labels = labels.long()

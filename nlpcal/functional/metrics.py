@@ -166,9 +166,33 @@ def _calibration_errors(sums: Tensor) -> dict[Norm, Tensor]:
     }
 
 
-def _top_label(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    confidence, prediction = probs.max(dim=1)
-    return confidence, prediction == labels
+def _top_label(
+    probs: Tensor, labels: Tensor, confidence: Any | None = None
+) -> tuple[Tensor, Tensor]:
+    """Top-label confidence and correctness; ``confidence`` overrides ``max(probs)`` when given."""
+    top, prediction = probs.max(dim=1)
+    if confidence is not None:
+        top = _check_confidence(confidence, probs)
+    return top, prediction == labels
+
+
+def _check_confidence(confidence: Any, probs: Tensor) -> Tensor:
+    confidence = torch.as_tensor(confidence, device=probs.device)
+    if confidence.shape != probs.shape[:1]:
+        raise ValueError(
+            f"confidence must have shape ({probs.shape[0]},), one value per row of probs, "
+            f"got {tuple(confidence.shape)}"
+        )
+    if not confidence.is_floating_point():
+        raise ValueError(f"confidence must be floating point, got {confidence.dtype}")
+    confidence = confidence.to(probs.dtype)
+    bad = (confidence < 0) | (confidence > 1) | confidence.isnan()
+    if bool(bad.any()):
+        raise ValueError(
+            f"confidence must lie in [0, 1]; {int(bad.sum())} values do not, e.g. "
+            f"{confidence[bad][:3].tolist()}"
+        )
+    return confidence
 
 
 def reliability_curve(
@@ -176,6 +200,7 @@ def reliability_curve(
     labels: Any,
     n_bins: int = 15,
     binning: Binning | str = Binning.UNIFORM,
+    confidence: Any | None = None,
 ) -> ReliabilityCurve:
     """Mean confidence, accuracy and count of the top-label prediction in each bin.
 
@@ -184,6 +209,9 @@ def reliability_curve(
         labels: integer labels ``(n,)``.
         n_bins: number of bins (at most this many with quantile binning).
         binning: ``"uniform"`` (equal width) or ``"quantile"`` (equal mass).
+        confidence: the top-label confidence ``(n,)`` when it is not ``max(probs)`` (SLOVA's
+            ``q_ŷ``, see :mod:`nlpcal.functional.predictive`); the prediction is still
+            ``argmax(probs)``.
 
     Returns:
         A :class:`ReliabilityCurve`; empty bins have NaN confidence and accuracy.
@@ -196,7 +224,7 @@ def reliability_curve(
     n_bins = _check_n_bins(n_bins)
     binning = _option(Binning, binning, "binning")
     probs, labels = _inputs(probs, labels)
-    confidence, correct = _top_label(probs, labels)
+    confidence, correct = _top_label(probs, labels, confidence)
     if binning is Binning.UNIFORM:
         idx = _uniform_bin_index(confidence, n_bins)
         edges = _uniform_edges(n_bins, probs.dtype, probs.device).double()
@@ -215,6 +243,7 @@ def expected_calibration_error(
     n_bins: int = 15,
     norm: Norm | str = Norm.L1,
     binning: Binning | str = Binning.UNIFORM,
+    confidence: Any | None = None,
 ) -> Tensor:
     """Top-label calibration error of ``probs`` against ``labels``.
 
@@ -224,6 +253,8 @@ def expected_calibration_error(
         n_bins: number of bins; 15 by default, 10 for the Desai & Durrett (2020) protocol.
         norm: ``"l1"`` (ECE), ``"l2"`` (root-mean-square) or ``"max"`` (MCE), see :class:`Norm`.
         binning: ``"uniform"`` (equal width) or ``"quantile"`` (equal mass), see :class:`Binning`.
+        confidence: the top-label confidence ``(n,)`` when it is not ``max(probs)`` (see
+            :func:`reliability_curve`).
 
     Returns:
         A scalar tensor in the dtype of ``probs`` (float32 for half input).
@@ -236,7 +267,7 @@ def expected_calibration_error(
     norm = _option(Norm, norm, "norm")
     binning = _option(Binning, binning, "binning")
     probs, labels = _inputs(probs, labels)
-    confidence, correct = _top_label(probs, labels)
+    confidence, correct = _top_label(probs, labels, confidence)
     if binning is Binning.UNIFORM:
         idx = _uniform_bin_index(confidence, n_bins)
     else:
@@ -300,8 +331,13 @@ def debiased_calibration_error(probs: Any, labels: Any, n_bins: int = 15) -> Ten
     ``get_calibration_error(..., p=2, debias=True, mode="top-label")`` of the
     ``uncertainty-calibration`` package does for continuous scores: the sorted confidences are
     split into chunks of ``ceil(n / n_bins)``, the edges are the midpoints between neighbouring
-    chunks (duplicates removed), a confidence equal to an edge goes to the lower bin, and bins with
-    fewer than two examples contribute nothing. The result is ``sqrt(max(value, 0))``.
+    chunks (duplicates removed), a confidence equal to an edge goes to the lower bin. The result is
+    ``sqrt(max(value, 0))``.
+
+    A bin of one example has no sampling-variance estimate, so, as in that package, it adds
+    nothing to the sum while its example still counts in ``n``: such bins occur when ties or a
+    short last chunk leave one example alone. When no bin holds two examples (``n ≤ n_bins``
+    without ties) the estimate is undefined and a ``ValueError`` is raised.
 
     References:
         Kumar, Liang & Ma, "Verified Uncertainty Calibration", NeurIPS 2019.
@@ -322,6 +358,12 @@ def debiased_calibration_error(probs: Any, labels: Any, n_bins: int = 15) -> Ten
     idx = torch.bucketize(confidence, edges, right=False, out_int32=True)
     count, hits, confidence_sum = _bin_sums(idx, correct, confidence, edges.shape[0])
     enough = count >= 2
+    if not bool(enough.any()):
+        raise ValueError(
+            f"the debiased calibration error is undefined for n={n} examples in n_bins={n_bins} "
+            "equal-mass bins: no bin holds the two examples a variance estimate needs; pass "
+            "more examples than n_bins or lower n_bins"
+        )
     safe = count.clamp(min=2)
     acc = hits / safe
     squared = (confidence_sum / safe - acc).square() - acc * (1 - acc) / (safe - 1)
@@ -427,13 +469,20 @@ def calibration_metrics(
 
 
 def evaluation_metrics(
-    probs: Any, labels: Any, n_bins: int = 15, eps: float = 1e-12
+    probs: Any,
+    labels: Any,
+    n_bins: int = 15,
+    eps: float = 1e-12,
+    confidence: Any | None = None,
 ) -> dict[str, Tensor]:
     """:func:`calibration_metrics` plus ``aurc``, the area under the risk-coverage curve when the
-    least confident predictions (by maximum probability) are rejected first.
+    least confident predictions are rejected first.
 
     These are the per-set metrics that ``CalibratedTrainer.evaluate``, the benchmark runner and
-    :func:`~nlpcal.metrics.make_compute_metrics` report.
+    :func:`~nlpcal.metrics.make_compute_metrics` report. ``confidence`` ``(n,)`` replaces
+    ``max(probs)`` as the top-label confidence where the two differ (SLOVA's ``q_ŷ``, see
+    :mod:`nlpcal.functional.predictive`): ECE, MCE, RMSCE and AURC read it, Brier and NLL read
+    ``probs``.
 
     >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
     >>> metrics = evaluation_metrics(probs, torch.tensor([0, 1, 1]))
@@ -443,7 +492,7 @@ def evaluation_metrics(
     n_bins = _check_n_bins(n_bins)
     eps = _check_eps(eps)
     probs, labels = _inputs(probs, labels)
-    confidence, correct = _top_label(probs, labels)
+    confidence, correct = _top_label(probs, labels, confidence)
     metrics = _calibration_metrics(probs, labels, confidence, correct, n_bins, eps)
     metrics["aurc"] = aurc(confidence, correct)
     return metrics

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from nlpcal._registry import Registry
@@ -118,6 +117,9 @@ class CalibrationLoss:
     * ``deterministic``: the loss is a deterministic function of model and batch (no sampling),
       so gradient accumulation reproduces a large batch.
     * ``default_calibrator``: the registered post-hoc calibrator that suits the method's outputs.
+    * ``normalized``: the softmax of :meth:`transform_logits` is the predictive distribution.
+      ``False`` means they are unnormalised log class confidences (SLOVA's ``log q``), whose
+      largest exponential is the confidence (see :mod:`nlpcal.functional.predictive`).
     """
 
     name: ClassVar[str]
@@ -126,6 +128,7 @@ class CalibrationLoss:
     extra_inputs: ClassVar[tuple[str, ...]] = ()
     deterministic: ClassVar[bool] = True
     default_calibrator: ClassVar[str] = "temperature"
+    normalized: ClassVar[bool] = True
 
     def __call__(self, model: nn.Module, inputs: Mapping[str, Any], ctx: LossContext) -> LossOutput:
         if "labels" not in inputs or inputs["labels"] is None:
@@ -160,10 +163,6 @@ class CalibrationLoss:
     def transform_logits(self, logits: Tensor, model: nn.Module | None = None) -> Tensor:
         """Map raw model logits to logits whose softmax is the predictive distribution."""
         return logits
-
-    def ood_score(self, logits: Tensor, model: nn.Module | None = None) -> Tensor:
-        """Per-example in-distribution score (higher = more in-distribution) from raw logits."""
-        return torch.softmax(self.transform_logits(logits, model).float(), dim=-1).amax(dim=-1)
 
     def callbacks(self) -> list[Any]:
         """``transformers.TrainerCallback`` objects the trainer must register (refreshes)."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers import TrainerCallback
 from transformers.utils import ModelOutput
 
 from nlpcal.losses._modules import num_labels, unwrap_model
@@ -55,15 +57,20 @@ class DoubleHeadLoss(CalibrationLoss):
     trained jointly, with annealed logit scaling and no post-processing): :meth:`prepare_model`
     attaches a :class:`TemperatureHead` ``T`` to the model as the submodule ``nlpcal_calibration_head``
     (so the optimizer, DDP and checkpoints include it). The backbone is trained by plain
-    cross-entropy on its logits ``z``; the head by ``head_weight`` times the NLL of
-    ``softmax(z.detach() / T(z.detach()))``, so it never changes the backbone. The applied
-    temperature is ``(1 − β_t) + β_t T``, with ``β_t = min(1, progress / anneal_fraction)`` rising
-    linearly from 0 to 1 over the first ``anneal_fraction`` of training; the head's NLL uses the
-    raw ``T`` (so it learns from the first step) unless ``anneal_head_loss=True``, which uses the
-    applied temperature instead. The logs hold the mean raw (``temperature``) and applied
-    (``applied_temperature``) temperatures. When training is over ``β = 1``, so
-    :meth:`transform_logits` returns ``z / T(z)``; the argmax never changes. ``head_weight=0`` is
-    plain cross-entropy.
+    cross-entropy on its logits ``z``. The applied temperature is ``(1 − β_t) + β_t T``, with
+    ``β_t = min(1, progress / anneal_fraction)`` rising linearly from 0 to 1 over the first
+    ``anneal_fraction`` of training, and the head is trained by ``head_weight`` times the NLL of
+    ``softmax(z.detach() / ((1 − β_t) + β_t T(z.detach())))``: it never changes the backbone, gets
+    no gradient at the start of training (``β = 0``) and the full NLL gradient once ``β = 1``. The
+    logs hold the mean raw (``temperature``) and applied (``applied_temperature``) temperatures.
+
+    :meth:`transform_logits` divides by the applied temperature with the ``β`` of the last training
+    step while training runs (a batch computed with the model in training mode sets it), so an
+    evaluation during training sees the predictions that the head is being trained on. When
+    training is over (``CalibratedTrainer`` calls ``on_train_end`` of the callback from
+    :meth:`callbacks`), and for a loss that has not trained (e.g. recreated from :meth:`config`
+    with a saved model), ``β = 1`` and it returns ``z / T(z)``. The argmax never changes.
+    ``head_weight=0`` is plain cross-entropy.
 
     References:
         Guo, Draper & De Iorio, "Annealing Double-Head: An Architecture for Online Calibration of
@@ -75,7 +82,9 @@ class DoubleHeadLoss(CalibrationLoss):
         anneal_fraction: fraction of training over which ``β`` rises to 1, in ``[0, 1]``
             (0: no annealing).
         eps: lower bound of the temperature, in ``(0, 1)``.
-        anneal_head_loss: train the head through the applied (annealed) temperature.
+        anneal_head_loss: deprecated and ignored (with a ``DeprecationWarning``); the head's NLL
+            always uses the applied temperature. Accepted so that configurations saved by earlier
+            versions still load.
 
     >>> from nlpcal.losses import create_loss
     >>> loss = create_loss("double_head")
@@ -91,7 +100,7 @@ class DoubleHeadLoss(CalibrationLoss):
         head_weight: float = 1.0,
         anneal_fraction: float = 0.5,
         eps: float = 0.01,
-        anneal_head_loss: bool = False,
+        anneal_head_loss: bool | None = None,
     ) -> None:
         if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
             raise ValueError(f"hidden_size must be a positive integer, got {hidden_size!r}")
@@ -105,7 +114,15 @@ class DoubleHeadLoss(CalibrationLoss):
         self.head_weight = float(head_weight)
         self.anneal_fraction = float(anneal_fraction)
         self.eps = float(eps)
-        self.anneal_head_loss = bool(anneal_head_loss)
+        if anneal_head_loss is not None:
+            warnings.warn(
+                "DoubleHeadLoss(anneal_head_loss=...) is deprecated and ignored: the head's NLL "
+                "always uses the applied (annealed) temperature",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        # β that transform_logits applies: the last training step's while training runs, else 1.
+        self._beta = 1.0
 
     def beta(self, progress: float) -> float:
         """Annealing weight ``β_t = min(1, progress / anneal_fraction)`` at training ``progress``."""
@@ -150,9 +167,10 @@ class DoubleHeadLoss(CalibrationLoss):
         detached = logits.detach()
         temperature = outputs[TEMPERATURE_KEY]
         beta = self.beta(ctx.progress)
-        applied = (1.0 - beta) + beta * temperature
-        head_t = applied if self.anneal_head_loss else temperature
-        head_nll = F.cross_entropy(detached.float() / head_t[:, None], labels, reduction="none")
+        if model.training:
+            self._beta = beta
+        applied = _applied_temperature(temperature, beta)
+        head_nll = F.cross_entropy(detached.float() / applied[:, None], labels, reduction="none")
         logs = {
             "ce": ce.detach().mean(),
             "head_nll": head_nll.detach().mean(),
@@ -164,10 +182,15 @@ class DoubleHeadLoss(CalibrationLoss):
         )
 
     def transform_logits(self, logits: Tensor, model: nn.Module | None = None) -> Tensor:
-        """``z / T(z)`` with the model's head (``β = 1``: training is over)."""
+        """``z / ((1 − β) + β T(z))`` with the model's head; ``β = 1`` unless training runs."""
         if model is None:
             raise ValueError("the double_head loss needs the model (its head) to transform logits")
-        return logits.float() / _temperature(_head(model), logits)[:, None]
+        temperature = _temperature(_head(model), logits)
+        return logits.float() / _applied_temperature(temperature, self._beta)[:, None]
+
+    def callbacks(self) -> list[TrainerCallback]:
+        """A callback that sets ``β = 1`` for :meth:`transform_logits` when training ends."""
+        return [_EndAnnealing(self)]
 
     def config(self) -> dict[str, Any]:
         return {
@@ -175,8 +198,23 @@ class DoubleHeadLoss(CalibrationLoss):
             "head_weight": self.head_weight,
             "anneal_fraction": self.anneal_fraction,
             "eps": self.eps,
-            "anneal_head_loss": self.anneal_head_loss,
         }
+
+
+class _EndAnnealing(TrainerCallback):
+    """When training ends, the predictions use the full temperature ``T(x)`` (``β = 1``)."""
+
+    def __init__(self, loss: DoubleHeadLoss) -> None:
+        self.loss = loss
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.loss._beta = 1.0
+        return control
+
+
+def _applied_temperature(temperature: Tensor, beta: float) -> Tensor:
+    """The annealed temperature ``(1 − β) + β T``."""
+    return (1.0 - beta) + beta * temperature
 
 
 def _head(model: nn.Module) -> TemperatureHead:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nlpcal.functional.ova import ova_log_probabilities, ova_loss, ova_probabilities
+from nlpcal.functional.ova import ova_log_probabilities, ova_loss
 from nlpcal.losses._modules import classifier_layer, num_labels
 from nlpcal.losses.base import CalibrationLoss, LossContext, LossOutput, register_loss
 
@@ -21,10 +21,11 @@ class OneVsAllLoss(CalibrationLoss):
 
     nlpcal's definition (the paper's internals beyond the confirmed idea): the SLOVA probability is
     ``q_k = s_k · Π_{j≠k} (1 − s_j)``; the prediction is ``argmax s`` (the same as ``argmax q``) and
-    the confidence ``q_ŷ``. :meth:`transform_logits` returns ``log q``, whose softmax is ``q``
-    renormalised over the ``K`` classes (what distribution-based metrics use); :meth:`ood_score`
-    is the unnormalised ``max_k q_k``, i.e. ``1 −`` SLOVA's OOD score, so that higher means
-    in-distribution. :meth:`prepare_model` sets the classifier bias to ``−log(K − 1)`` so that
+    the confidence ``q_ŷ``. :meth:`transform_logits` returns ``log q``, unnormalised
+    (``normalized = False``): the confidence that ECE, reliability diagrams, AURC and the default
+    OOD score read is ``q_ŷ = max_k q_k`` itself (``1 −`` SLOVA's OOD score, low when no class
+    fires), while Brier and NLL read ``q`` renormalised over the ``K`` classes (see
+    :mod:`nlpcal.functional.predictive`). :meth:`prepare_model` sets the classifier bias to ``−log(K − 1)`` so that
     ``σ(z) ≈ 1/K`` at the start. The post-hoc step is the exponential calibration ``q_ŷ^a``
     (``default_calibrator = "exponential"``). There is no strength knob: no setting of this loss
     is cross-entropy.
@@ -35,11 +36,12 @@ class OneVsAllLoss(CalibrationLoss):
 
     >>> from nlpcal.losses import create_loss
     >>> loss = create_loss("ova")
-    >>> loss.ood_score(torch.tensor([[0.0, 0.0]]))
-    tensor([0.2500])
+    >>> loss.transform_logits(torch.tensor([[0.0, 0.0]])).exp()
+    tensor([[0.2500, 0.2500]])
     """
 
     default_calibrator = "exponential"
+    normalized = False
 
     def prepare_model(self, model: nn.Module) -> None:
         super().prepare_model(model)
@@ -65,7 +67,3 @@ class OneVsAllLoss(CalibrationLoss):
     def transform_logits(self, logits: Tensor, model: nn.Module | None = None) -> Tensor:
         """``log q``: its softmax is the SLOVA probability renormalised over the classes."""
         return ova_log_probabilities(logits.float())
-
-    def ood_score(self, logits: Tensor, model: nn.Module | None = None) -> Tensor:
-        """``max_k q_k``, unnormalised: low when no class fires or several do."""
-        return ova_probabilities(logits.float()).amax(dim=-1)

@@ -49,7 +49,9 @@ class AdaTS(Calibrator):
       with the batch's statistics in training, with the held-out set's (stored as buffers) at
       inference. The raw ``ℓ`` sit around ``−12 ± 2``, an input offset that slows Adam badly.
       A per-class affine map of ``ℓ`` is absorbed by the first layer, so the function class is
-      the paper's. Batches are near-equal splits of the held-out set, none of size one.
+      the paper's. Batches are near-equal splits of the held-out set, none of size one (so
+      ``batch_size`` must be at least 2, and with ``batch_size=2`` and an odd number of
+      examples one batch has three).
     * The temperature network's last layer starts at zero weights with a bias making ``T(x)``
       equal the global temperature-scaling fit, so a short fit starts from temperature scaling.
     * Features are standardised with the held-out mean and standard deviation (buffers), so
@@ -72,7 +74,7 @@ class AdaTS(Calibrator):
         temperature_hidden: hidden layer sizes of the temperature network.
         epochs: passes over the held-out set.
         lr: Adam learning rate.
-        batch_size: examples per Adam step.
+        batch_size: most examples per Adam step (``≥ 2``).
         eps: the smallest temperature.
         seed: seed of the initialisation, batch order and VAE noise.
 
@@ -108,13 +110,14 @@ class AdaTS(Calibrator):
         for name, value in (("feature_dim", feature_dim), ("num_classes", num_classes)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        for name, value in (
-            ("latent_dim", latent_dim),
-            ("epochs", epochs),
-            ("batch_size", batch_size),
-        ):
+        for name, value in (("latent_dim", latent_dim), ("epochs", epochs)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if batch_size < 2:
+            raise ValueError(
+                f"batch_size must be >= 2 (each batch standardises the temperature network's "
+                f"inputs with its own mean and variance), got {batch_size}"
+            )
         for name, sizes in (
             ("encoder_hidden", encoder_hidden),
             ("temperature_hidden", temperature_hidden),
@@ -219,8 +222,9 @@ class AdaTS(Calibrator):
         params = [*self.parameters(), *decoder.parameters()]
         optimizer = torch.optim.Adam(params, lr=self.lr)
         generator = torch.Generator(device=device).manual_seed(self.seed)
-        # Near-equal batches of at most batch_size, so none has a single example (batch norm).
-        n_batches = math.ceil(x.shape[0] / self.batch_size)
+        # Near-equal batches, none of a single example (batch norm): at most batch_size each,
+        # except that batch_size=2 with an odd n leaves one batch of three.
+        n_batches = min(math.ceil(x.shape[0] / self.batch_size), x.shape[0] // 2)
         for _ in range(self.epochs):
             order = torch.randperm(x.shape[0], generator=generator, device=device)
             for idx in order.tensor_split(n_batches):

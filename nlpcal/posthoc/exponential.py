@@ -27,9 +27,10 @@ class ExponentialCalibrator(ScalarCalibrator):
     of an over-confident model. :meth:`confidence` returns the calibrated, unnormalised
     confidence ``q_ŷ^a`` (an OOD score is ``1 − confidence``).
 
-    Calling the calibrator returns ``a · log q``: its softmax is ``q^a`` renormalised over the
-    ``K`` classes, which is the distribution that metrics needing one (ECE, NLL, Brier) use. It
-    discards the "none of these" mass ``1 − Σ_k q_k^a``. The argmax never changes.
+    Calling the calibrator returns ``a · log q``, the unnormalised log class confidences
+    ``log q^a`` (``normalized = False``): ECE, MCE, reliability diagrams, AURC and the default OOD
+    score read the confidence ``q_ŷ^a`` that was fitted, Brier and NLL read ``q^a`` renormalised
+    over the ``K`` classes (see :mod:`nlpcal.functional.predictive`). The argmax never changes.
 
     Args:
         max_iter: most L-BFGS iterations.
@@ -51,6 +52,8 @@ class ExponentialCalibrator(ScalarCalibrator):
     True
     """
 
+    normalized = False
+
     @property
     def exponent(self) -> Tensor:
         """The fitted exponent ``a`` (1 before fitting)."""
@@ -62,7 +65,7 @@ class ExponentialCalibrator(ScalarCalibrator):
         self.log_value.copy_(exponent.log())
 
     def forward(self, logits: Any, features: Any | None = None) -> Tensor:
-        """``a · log q`` for SLOVA log-probabilities ``log q``; softmax gives ``q^a`` renormalised."""
+        """``a · log q`` for SLOVA log-probabilities ``log q``: the log of ``q^a``."""
         log_q = _check_log_q(self._check_call_inputs(logits))
         return self.exponent.to(log_q.device) * log_q
 

@@ -84,7 +84,7 @@ def reference_classwise(probs, labels, n_bins) -> float:
     return sum(per_class) / len(per_class)
 
 
-def reference_debiased(probs, labels, n_bins) -> float:
+def reference_debiased(probs, labels, n_bins) -> float | None:
     """Kumar et al.'s get_calibration_error(p=2, debias=True, mode="top-label"), scaling branch."""
     confidence, correct = top_label(probs, labels)
     ordered = sorted(confidence)
@@ -95,6 +95,8 @@ def reference_debiased(probs, labels, n_bins) -> float:
     binned: list[list[int]] = [[] for _ in edges]
     for i, c in enumerate(confidence):
         binned[next(j for j, e in enumerate(edges) if c <= e)].append(i)
+    if all(len(members) < 2 for members in binned):
+        return None  # no bin estimates a variance: undefined
     total = 0.0
     for members in binned:
         if len(members) < 2:
@@ -212,9 +214,33 @@ def test_classwise_equals_loop(data, n_bins):
 def test_debiased_equals_kumar_loop(data, n_bins):
     probs, labels = data
     probs = probs.astype(np.float64)
+    expected = reference_debiased(probs, labels, n_bins)
+    if expected is None:
+        with pytest.raises(ValueError, match="undefined"):
+            debiased_calibration_error(probs, labels, n_bins=n_bins)
+        return
     actual = debiased_calibration_error(probs, labels, n_bins=n_bins)
     assert actual.dtype == torch.float64
-    assert float(actual) == pytest.approx(reference_debiased(probs, labels, n_bins), abs=1e-9)
+    assert float(actual) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 15])
+def test_debiased_raises_when_every_bin_holds_one_example(n):
+    probs, labels = random_probs(n, 3, seed=n)
+    with pytest.raises(ValueError, match=rf"undefined for n={n} examples in n_bins=15"):
+        debiased_calibration_error(probs, labels)
+
+
+def test_debiased_single_example_bins_add_nothing_but_count_in_n():
+    # n=5, n_bins=4: chunks of two, so the bins are {0.55, 0.6}, {0.7, 0.8} and {0.9} alone.
+    confidence = torch.tensor([0.55, 0.6, 0.7, 0.8, 0.9], dtype=torch.float64)
+    probs = torch.stack([confidence, 1 - confidence], dim=1)
+    labels = torch.tensor([1, 1, 0, 1, 1])  # bin 1: both wrong; bin 2: one right; 0.9: wrong
+    first = (0.575 - 0.0) ** 2 - 0.0
+    second = (0.75 - 0.5) ** 2 - 0.5 * 0.5 / 1
+    expected = math.sqrt((2 * first + 2 * second) / 5)
+    actual = debiased_calibration_error(probs, labels, n_bins=4)
+    assert float(actual) == pytest.approx(expected, abs=1e-12)
 
 
 @SETTINGS
@@ -460,6 +486,66 @@ def test_bad_input_raises(probs, labels, match):
     ):
         with pytest.raises(ValueError, match=match):
             fn(probs, labels)
+
+
+def every_metric_entry_point():
+    from nlpcal.functional.metrics import evaluation_metrics
+    from nlpcal.metrics import CalibrationAccumulator
+
+    return [
+        expected_calibration_error,
+        max_calibration_error,
+        classwise_calibration_error,
+        debiased_calibration_error,
+        brier_score,
+        negative_log_likelihood,
+        accuracy,
+        calibration_metrics,
+        evaluation_metrics,
+        reliability_curve,
+        CalibrationAccumulator().update,
+    ]
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [np.array(["pos", "neg"]), ["pos", "neg"], np.array(["pos", "neg"], dtype=object)],
+    ids=["numpy-str", "list-str", "numpy-object"],
+)
+def test_string_labels_ask_for_class_indices(labels):
+    expected = r"labels must be integer class indices in \[0, 1\], got .* such as 'pos'"
+    for fn in every_metric_entry_point():
+        with pytest.raises(ValueError, match=expected):
+            fn(GOOD_PROBS, labels)
+    from nlpcal.metrics import make_compute_metrics
+
+    with pytest.raises(ValueError, match="label_ids must be integer class indices"):
+        make_compute_metrics()((np.zeros((2, 2), dtype=np.float32), np.asarray(labels)))
+
+
+def test_ragged_labels_are_named():
+    with pytest.raises(ValueError, match="labels must be integer class indices of shape"):
+        expected_calibration_error(GOOD_PROBS, [[0], [1, 0]])
+
+
+def test_input_hints_point_at_real_fixes():
+    logits = torch.tensor([[2.0, -1.0], [0.5, 1.5]])
+    with pytest.raises(ValueError, match=r"torch\.softmax\(logits, dim=1\)") as err:
+        expected_calibration_error(logits, [0, 1])
+    assert "from_logits" not in str(err.value)
+    expected_calibration_error(torch.softmax(logits, dim=1), [0, 1])  # the hint's fix works
+
+    transposed = random_probs(5, 3)[0].T  # shape (3, 5): its columns sum to 1
+    with pytest.raises(
+        ValueError, match=r"pass probs of shape \(n_examples, n_classes\), not its transpose"
+    ) as err:
+        expected_calibration_error(transposed, [0, 1, 2])
+    assert "logits" not in str(err.value)
+
+    scores = torch.tensor([[0.2, 0.3], [0.6, 0.1]])  # e.g. one-vs-all sigmoids
+    with pytest.raises(ValueError, match="normalise each row") as err:
+        expected_calibration_error(scores, [0, 1])
+    assert "transpose" not in str(err.value)
 
 
 @pytest.mark.parametrize(

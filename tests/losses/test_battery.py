@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -112,6 +113,36 @@ def test_same_seed_same_loss(name, kwargs, arch) -> None:
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize(("name", "kwargs"), DETERMINISTIC_CASES)
 def test_gradient_accumulation_matches_one_large_batch(name, kwargs, arch) -> None:
+    assert_accumulation_matches_one_large_batch(name, kwargs, arch)
+
+
+# A mixup loss pairs each example with a partner from its own micro-batch, so accumulating 2 × 4
+# cannot reproduce a batch of 8 whose pairs cross the halves: by design those are different
+# losses. What is defined is that each micro-batch's loss carries its share of the accumulated
+# batch. With λ fixed and a permutation of 8 that maps each half onto itself exactly as the
+# permutation of 4 does (and one eligible layer), the batch of 8 is the sum of its two halves.
+MIXUP_CASES = [
+    pytest.param("regmixup", {}, id="regmixup"),
+    pytest.param("regmixup", {"mix_site": "hidden", "layers": [1]}, id="regmixup-hidden"),
+    pytest.param("manifold_mixup", {"layers": [1]}, id="manifold_mixup"),
+]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize(("name", "kwargs"), MIXUP_CASES)
+def test_mixup_gradient_accumulation_matches_a_large_batch_with_the_same_pairs(
+    monkeypatch, name, kwargs, arch
+) -> None:
+    module = sys.modules[type(create_loss(name)).__module__]
+    monkeypatch.setattr(module, "sample_lambda", lambda alpha, device: torch.tensor(0.3))
+    half = [2, 0, 3, 1]
+    perms = {4: half, 8: half + [4 + i for i in half]}
+    monkeypatch.setattr(torch, "randperm", lambda n, device=None: torch.tensor(perms[n]))
+    assert_accumulation_matches_one_large_batch(name, kwargs, arch)
+
+
+def assert_accumulation_matches_one_large_batch(name, kwargs, arch) -> None:
+    """Two micro-batches of 4 give the loss and gradients of one batch of 8."""
     loss, big_model = prepared(name, kwargs, arch)
     _, acc_model = prepared(name, kwargs, arch)
     batch = tiny_batch(batch_size=8)

@@ -11,7 +11,12 @@ import nlpcal.losses.manifold_mixup as manifold_module
 import nlpcal.losses.regmixup as regmixup_module
 from nlpcal.functional.mixing import mix_attention_masks
 from nlpcal.losses import LossContext, create_loss
-from nlpcal.losses._modules import eligible_sites, mixing_sites
+from nlpcal.losses._modules import (
+    classifier_layer,
+    eligible_sites,
+    mixing_sites,
+    transform_output,
+)
 from tests.conftest import tiny_batch, tiny_model
 
 
@@ -205,3 +210,55 @@ def test_eta_zero_runs_a_single_clean_forward() -> None:
     create_loss("regmixup", eta=0.0)(model, tiny_batch(), LossContext())
     create_loss("regmixup")(model, tiny_batch(), LossContext())
     assert sizes == [8, 16]  # eta=0: the batch alone; otherwise clean and mixed in one pass
+
+
+def fix_the_draws(monkeypatch, module, lam: float, perms: dict[int, list[int]]) -> None:
+    """Make ``module``'s λ draw return ``lam`` and ``torch.randperm(n)`` return ``perms[n]``."""
+    monkeypatch.setattr(module, "sample_lambda", lambda alpha, device: torch.tensor(lam))
+    monkeypatch.setattr(torch, "randperm", lambda n, device=None: torch.tensor(perms[n]))
+
+
+PERM = [3, 0, 6, 1, 7, 2, 5, 4]
+
+
+@pytest.mark.parametrize("mix_site", ["embeddings", "hidden"])
+def test_regmixup_matches_a_hand_computation_on_a_padded_batch(arch, monkeypatch, mix_site) -> None:
+    model = tiny_model(arch)
+    with torch.no_grad():
+        classifier_layer(model).weight.mul_(100.0)  # confident logits: CE tells targets apart
+    batch = padded_batch(model)
+    fix_the_draws(monkeypatch, regmixup_module, 0.3, {8: PERM})
+    loss = create_loss(
+        "regmixup", eta=0.5, mix_site=mix_site, layers=None if mix_site == "embeddings" else [1]
+    )
+    loss.prepare_model(model)
+    fed = []
+    handle = model.register_forward_pre_hook(
+        lambda m, args, kwargs: fed.append(kwargs), with_kwargs=True
+    )
+    out = loss(model, batch, LossContext())
+    handle.remove()
+
+    perm, y, mask = torch.tensor(PERM), batch["labels"], batch["attention_mask"]
+    union = torch.maximum(mask, mask[perm])
+    assert not torch.equal(union, mask)  # the ragged padding makes the union matter
+    (inputs,) = fed  # one forward pass: the clean rows, then the rows to mix
+    assert torch.equal(inputs["attention_mask"], torch.cat([mask, union]))
+    clean = model(input_ids=batch["input_ids"], attention_mask=mask).logits
+    if mix_site == "embeddings":
+        embeds = model.get_input_embeddings()(batch["input_ids"])
+        mixed_embeds = 0.3 * embeds + 0.7 * embeds[perm]
+        torch.testing.assert_close(inputs["inputs_embeds"], torch.cat([embeds, mixed_embeds]))
+        mixed = model(inputs_embeds=mixed_embeds, attention_mask=union).logits
+    else:
+        with transform_output(mixing_sites(model)[1], lambda h: 0.3 * h + 0.7 * h[perm]):
+            mixed = model(input_ids=batch["input_ids"], attention_mask=union).logits
+
+    def expected(partner_labels):
+        mix_ce = 0.3 * F.cross_entropy(mixed, y) + 0.7 * F.cross_entropy(mixed, partner_labels)
+        return F.cross_entropy(clean, y) + 0.5 * mix_ce
+
+    torch.testing.assert_close(out.loss, expected(y[perm]), atol=1e-4, rtol=1e-5)
+    # Targets permuted otherwise than the inputs give a clearly different loss.
+    assert not torch.allclose(expected(y[perm.argsort()]), out.loss, rtol=0.01)
+    assert no_hooks_left(model)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nlpcal.functional.ova import ova_probabilities
+from nlpcal.functional.predictive import predictive_ood_score
 from nlpcal.losses import LossContext, create_loss
 from nlpcal.losses._modules import classifier_layer
 from tests.conftest import tiny_batch, tiny_model
@@ -23,17 +24,20 @@ def test_slova_probabilities_match_the_product_formula_on_a_hand_case() -> None:
     ]
     loss = create_loss("ova")
     torch.testing.assert_close(ova_probabilities(z)[0], torch.tensor(q))
-    # softmax of the transformed logits is q renormalised; the OOD score is the raw max q
+    # the transformed logits are log q, unnormalised: softmax renormalises, the confidence
+    # (and default OOD score) is the raw max q
+    assert not loss.normalized
+    log_q = loss.transform_logits(z)
+    torch.testing.assert_close(torch.softmax(log_q, -1)[0], torch.tensor(q) / sum(q))
     torch.testing.assert_close(
-        torch.softmax(loss.transform_logits(z), -1)[0], torch.tensor(q) / sum(q)
+        predictive_ood_score(log_q, normalized=loss.normalized), torch.tensor([max(q)])
     )
-    torch.testing.assert_close(loss.ood_score(z), torch.tensor([max(q)]))
 
 
 def test_ood_score_is_low_when_no_class_or_every_class_fires() -> None:
     loss = create_loss("ova")
     z = torch.tensor([[6.0, -6.0, -6.0], [-6.0, -6.0, -6.0], [6.0, 6.0, 6.0]])
-    score = loss.ood_score(z)
+    score = predictive_ood_score(loss.transform_logits(z), normalized=loss.normalized)
     assert score[0] > 0.95 and score[1] < 0.01 and score[2] < 0.01
 
 

@@ -49,6 +49,33 @@ def test_adats_beats_temperature_scaling_when_miscalibration_depends_on_the_inpu
     assert temperatures[test_group == 1].mean() < temperatures[test_group == 0].mean() - 0.5
 
 
+def test_default_adats_fits_a_small_held_out_set_and_lowers_the_nll() -> None:
+    fit_f, fit_z, fit_y, _ = two_group_fixture(400, seed=0)  # 85% of it over-confident (×3)
+    test_f, test_z, test_y, _ = two_group_fixture(400, seed=1)
+    adats = AdaTS().fit(fit_z, fit_y, fit_f)
+    assert adats.config() == {**AdaTS().config(), "feature_dim": D, "num_classes": K}
+    calibrated = adats(test_z, test_f)
+    assert nll(calibrated, test_y) < nll(test_z, test_y) - 0.2
+    assert adats.temperatures(test_f).median() > 1.5
+    assert torch.equal(calibrated.argmax(1), test_z.argmax(1))
+
+
+@pytest.mark.parametrize(("batch_size", "n"), [(2, 7), (2, 2), (3, 4), (4, 9), (128, 129)])
+def test_no_fit_batch_has_a_single_example(monkeypatch, batch_size: int, n: int) -> None:
+    features, logits, labels, _ = two_group_fixture(n, seed=0)
+    batches = []
+    loss = AdaTS._loss
+
+    def spy(self, x, *args):
+        batches.append(x.shape[0])
+        return loss(self, x, *args)
+
+    monkeypatch.setattr(AdaTS, "_loss", spy)
+    adats = AdaTS(**{**SMALL, "epochs": 1}, batch_size=batch_size).fit(logits, labels, features)
+    assert sum(batches) == n and min(batches) >= 2 and max(batches) <= max(batch_size, 3)
+    assert bool(torch.isfinite(adats.temperatures(features)).all())
+
+
 def test_forward_divides_by_the_per_example_temperature() -> None:
     features, logits, labels, _ = two_group_fixture(300, seed=0)
     adats = AdaTS(**SMALL).fit(logits, labels, features)
@@ -94,7 +121,8 @@ def test_fit_needs_features() -> None:
     [
         ({"epochs": 0}, "epochs must be >= 1, got 0"),
         ({"latent_dim": 0}, "latent_dim must be >= 1, got 0"),
-        ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+        ({"batch_size": 0}, r"batch_size must be >= 2 .*, got 0"),
+        ({"batch_size": 1}, r"batch_size must be >= 2 \(each batch standardises .*\), got 1"),
         ({"feature_dim": 0}, "feature_dim must be >= 1, got 0"),
         (
             {"encoder_hidden": ()},

@@ -53,6 +53,29 @@ def test_exponent_moves_in_the_right_direction_and_nll_improves(
     )
 
 
+def confidence_ece(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int = 15) -> float:
+    """Equal-width ECE of a confidence against correctness, as a plain loop over the bins."""
+    bins = (confidence * n_bins).long().clamp(max=n_bins - 1)
+    ece = 0.0
+    for b in bins.unique():
+        members = bins == b
+        gap = correct[members].float().mean() - confidence[members].mean()
+        ece += float(members.float().mean() * gap.abs())
+    return ece
+
+
+def test_calibrated_confidence_has_a_lower_ece_on_an_over_confident_model() -> None:
+    logits, labels = ova_data(2.0)
+    log_q = ova_log_probabilities(logits)
+    calibrator = ExponentialCalibrator().fit(log_q[:3000], labels[:3000])
+    assert float(calibrator.exponent) > 1
+    test_log_q, correct = log_q[3000:], logits[3000:].argmax(1) == labels[3000:]
+    raw = test_log_q.max(dim=1).values.exp()
+    calibrated = calibrator.confidence(test_log_q)
+    assert confidence_ece(calibrated, correct) < confidence_ece(raw, correct) - 0.05
+    assert confidence_ece(calibrated, correct) < 0.03
+
+
 def test_confidence_is_q_of_the_prediction_to_the_power_a() -> None:
     logits, labels = ova_data(2.0, n=500)
     log_q = ova_log_probabilities(logits)
