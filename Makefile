@@ -21,8 +21,8 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check nlpcal tests benchmarks
-	$(BIN)/ruff format --check nlpcal tests benchmarks
+	$(BIN)/ruff check nlpcal tests benchmarks scripts
+	$(BIN)/ruff format --check nlpcal tests benchmarks scripts
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/metrics_speed.py

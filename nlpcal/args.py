@@ -66,15 +66,29 @@ class CalibrationArguments(TrainingArguments):
         },
     )
     ece_bins: int = field(default=15, metadata={"help": "Equal-width bins of the reported ECE."})
+    ood_score: str = field(
+        default="confidence",
+        metadata={
+            "help": "OOD score of the OOD-detection metrics: 'confidence' (the top-label "
+            "confidence: maximum softmax probability, SLOVA's own score for ova), 'msp' "
+            "(maximum of the renormalised distribution), 'entropy' or 'energy'."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("loss_kwargs", "posthoc_kwargs"):
             value = getattr(self, name)
-            if value is None:
+            if value is None or (isinstance(value, str) and not value.strip()):
                 value = {}
             elif isinstance(value, str):
-                value = json.loads(value) if value.strip() else {}
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as err:
+                    raise ValueError(
+                        f"{name} must be a dict or a JSON object string, got {value!r}: "
+                        f"invalid JSON ({err.msg} at character {err.pos})"
+                    ) from None
             if not isinstance(value, dict):
                 raise ValueError(f"{name} must be a dict or a JSON object string, got {value!r}")
             setattr(self, name, value)

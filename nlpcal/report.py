@@ -12,16 +12,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from nlpcal.metrics.vocabulary import METRICS
+
 __all__ = ["COLUMNS", "NOTES", "html_report", "markdown_report"]
 
 COLUMNS = {
-    "accuracy": "accuracy",
-    "ece_10": "ECE (10 bins)",
-    "ece_15": "ECE (15 bins)",
-    "brier": "Brier",
-    "nll": "NLL",
-    "aurc": "AURC",
-    "ood_auroc": "OOD AUROC",
+    key: METRICS[key].label
+    for key in ("accuracy", "ece_10", "ece", "brier", "nll", "aurc", "ood_auroc")
 }
 
 NOTES = (
@@ -30,9 +27,15 @@ NOTES = (
     "`ensemble+<calibrator>` averages the calibrated members.",
     "Variant `none` is the uncalibrated model; a calibrator name is that post-hoc calibrator, "
     "fitted on the calibration split (never on test data).",
-    "ECE is the top-label ECE with equal-width bins. Lower is better for ECE, Brier, NLL and AURC.",
-    "AURC and OOD AUROC rank examples by the maximum probability of the row's own probabilities. "
-    "OOD AUROC separates the shifted set from the in-domain test set, in-domain as positive.",
+    "ECE is the top-label ECE with equal-width bins (15 unless the header says 10). Lower is "
+    "better for ECE, Brier, NLL and AURC; higher for accuracy and OOD AUROC.",
+    "ECE, AURC and the reliability diagrams read the top-label confidence of the row's own "
+    "outputs; for SLOVA (`ova`) outputs that is its own q_ŷ (q_ŷ^a after the `exponential` "
+    "calibrator), not the maximum of the renormalised distribution. Brier and NLL read the "
+    "distribution renormalised over the classes.",
+    "OOD AUROC separates the shifted set from the in-domain test set, in-domain as positive, by "
+    "the recipe's `ood_score` (default `confidence`: the top-label confidence above) of the "
+    "row's own outputs.",
 )
 
 _STYLE = (
@@ -99,12 +102,16 @@ def _summary(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     data = recipe["data"]
     calibration = data["calibration"]
     if isinstance(calibration, Mapping):
-        calibration = f"{calibration['holdout']} rows held out of the training source"
+        calibration = (
+            f"{calibration['holdout']} rows held out of the training source"
+            if "holdout" in calibration
+            else _source(calibration)
+        )
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     return [
         ("model", recipe["model"]),
-        ("task", recipe["task"]),
-        ("training data", data["train"]),
+        ("labels", _labels(recipe)),
+        ("training data", _source(data["train"])),
         ("calibration data", str(calibration)),
         ("slicing", ", ".join(f"{k}={v}" for k, v in recipe["slicing"].items())),
         ("methods", ", ".join(m["name"] for m in recipe["methods"])),
@@ -128,11 +135,29 @@ def _tables(results: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[
                 " corrupted (" + ", ".join(f"{k}={v}" for k, v in spec["corrupt"].items()) + ")"
             )
         title = f"{spec['name']} ({rows[0]['kind']}, n = {rows[0]['n']}): {source}"
+        label_map = results.get("label_maps", {}).get(spec["name"])
+        if label_map:
+            title += f"; {label_map}"
         body = [
             [r["method"], r["variant"], *(_cell(r["values"].get(m)) for m in columns)] for r in rows
         ]
         tables.append((title, ["method", "variant", *(COLUMNS[m] for m in columns)], body))
     return tables
+
+
+def _labels(recipe: Mapping[str, Any]) -> str:
+    if recipe.get("labels"):
+        return ", ".join(recipe["labels"])
+    if recipe.get("task"):
+        return f"those of the {recipe['task']} task"
+    return "those of the training data"
+
+
+def _source(source: str | Mapping[str, Any]) -> str:
+    if isinstance(source, str):
+        return source
+    columns = ", ".join(f"{k}={v}" for k, v in source.items() if k != "source")
+    return f"{source['source']} ({columns})"
 
 
 def _cell(value: float | Mapping[str, float | None] | None) -> str:

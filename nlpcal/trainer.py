@@ -23,17 +23,23 @@ from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, speed_metrics
 
-from nlpcal._io import write_text_atomic
+from nlpcal._io import staged_folder, write_text_atomic
 from nlpcal.args import calibration_settings
-from nlpcal.functional.metrics import calibration_metrics, evaluation_metrics
+from nlpcal.functional.metrics import evaluation_metrics
 from nlpcal.functional.ood import ood_detection_metrics
-from nlpcal.hub import calibration_card, save_calibration
+from nlpcal.functional.predictive import (
+    class_probabilities,
+    predictive_ood_score,
+    split_confidence,
+)
+from nlpcal.hub import REPLACED_ON_SAVE, calibration_card, save_calibration
 from nlpcal.losses import CalibrationLoss, LossContext, create_loss
-from nlpcal.posthoc import Calibrator, create_calibrator
+from nlpcal.posthoc import Calibrator, create_calibrator, list_calibrators
 
-__all__ = ["CalibratedTrainer", "Predictions"]
+__all__ = ["CalibratedTrainer", "Predictions", "VariantOutput"]
 
 LOSS_STATE_NAME = "nlpcal_loss_state.json"
+UNCALIBRATED = "none"
 
 
 @dataclass
@@ -42,15 +48,37 @@ class Predictions:
 
     Attributes:
         logits: the loss's predictive logits (``transform_logits`` of the raw logits), ``(n, K)``.
-        ood_score: per-example in-distribution score from the raw logits, ``(n,)``.
         labels: integer labels ``(n,)``, or ``None`` for an unlabelled set.
         features: penultimate features ``(n, H)`` when a calibrator needs them, else ``None``.
     """
 
     logits: Tensor
-    ood_score: Tensor
     labels: Tensor | None
     features: Tensor | None = None
+
+
+@dataclass
+class VariantOutput:
+    """What every metric reads from one variant (uncalibrated, or after one calibrator) on one set.
+
+    Attributes:
+        class_probs: class confidences ``(n, K)``; rows sum to one, except for SLOVA's
+            unnormalised outputs (see :mod:`nlpcal.functional.predictive`).
+        ood: per-example in-distribution score ``(n,)`` (``args.ood_score``).
+    """
+
+    class_probs: Tensor
+    ood: Tensor
+
+    @property
+    def probs(self) -> Tensor:
+        """The predictive distribution, rows renormalised to sum to one (Brier, NLL)."""
+        return split_confidence(self.class_probs)[0]
+
+    def metrics(self, labels: Tensor, n_bins: int) -> dict[str, Tensor]:
+        """:func:`~nlpcal.functional.metrics.evaluation_metrics` on the top-label confidence."""
+        probs, confidence = split_confidence(self.class_probs)
+        return evaluation_metrics(probs, labels, n_bins=n_bins, confidence=confidence)
 
 
 class CalibratedTrainer(Trainer):
@@ -94,6 +122,13 @@ class CalibratedTrainer(Trainer):
         else:
             name = loss or self.calibration["calibration_loss"]
             self.calibration_loss = create_loss(name, **self.calibration["loss_kwargs"])
+        posthoc = self.calibration["posthoc"]
+        if posthoc not in (None, "auto") and posthoc not in list_calibrators():
+            raise ValueError(
+                f"unknown posthoc calibrator {posthoc!r}; available: "
+                f"{', '.join(list_calibrators())}, or 'auto' or 'none'"
+            )
+        predictive_ood_score(torch.zeros(1, 2), self.calibration["ood_score"])
         self.calibration_loss.prepare_model(model)
         model.config.nlpcal_loss = self.calibration_loss.name
         super().__init__(model=model, args=args, **kwargs)
@@ -109,6 +144,8 @@ class CalibratedTrainer(Trainer):
         for callback in self.calibration_loss.callbacks():
             self.add_callback(callback)
         self.add_callback(_SaveLossState(self))
+        if self.eval_dataset is not None:
+            self._check_eval_set_names()
 
     # -- training --------------------------------------------------------------------------------
     def compute_loss(
@@ -147,7 +184,8 @@ class CalibratedTrainer(Trainer):
         self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any
     ):
         if self.train_dataset is not None:
-            _check_dataset_labels(self.train_dataset, "train_dataset", self.model.config.num_labels)
+            _check_dataset_labels(self.train_dataset, "train_dataset", self.model.config)
+        self._check_eval_set_names()
         if resume_from_checkpoint:
             checkpoint = resume_from_checkpoint
             if checkpoint is True:
@@ -186,8 +224,9 @@ class CalibratedTrainer(Trainer):
         calibrator.fit(preds.logits, preds.labels, preds.features)
         self.calibrator = calibrator
         bins = self.calibration["ece_bins"]
-        before = calibration_metrics(preds.logits.softmax(-1), preds.labels, n_bins=bins)
-        after = calibration_metrics(self.calibrated_probs(preds), preds.labels, n_bins=bins)
+        outputs = self.variant_outputs(preds)
+        before = outputs[UNCALIBRATED].metrics(preds.labels, bins)
+        after = outputs[calibrator.name].metrics(preds.labels, bins)
         logs = {f"calibration_{k}_before": float(before[k]) for k in ("ece", "nll", "brier")}
         logs.update({f"calibration_{k}_after": float(after[k]) for k in ("ece", "nll", "brier")})
         self.log(logs)
@@ -205,12 +244,28 @@ class CalibratedTrainer(Trainer):
         name = self.calibration["calibration_set"]
         if name is None:
             return None
-        if not isinstance(self.eval_dataset, Mapping) or name not in self.eval_dataset:
-            available = sorted(self.eval_dataset) if isinstance(self.eval_dataset, Mapping) else []
-            raise ValueError(
-                f"calibration_set {name!r} is not an eval set; eval_dataset names: {available}"
-            )
+        self._check_eval_set_names()
         return self.eval_dataset[name]
+
+    def _check_eval_set_names(self) -> None:
+        """Every eval set that the arguments name exists: checked when the trainer is built with
+        eval sets and again before the first training step. Without eval sets only the
+        calibration set must exist then (training ends by fitting on it); the OOD sets may come
+        with a later ``evaluate(eval_dataset=...)``."""
+        named = {"calibration_set": [self.calibration["calibration_set"]]}
+        if self.calibration_dataset is not None:
+            named["calibration_set"] = []
+        if self.eval_dataset is not None:
+            named["in_domain_set"] = [self.calibration["in_domain_set"]]
+            named["ood_sets"] = list(self.calibration["ood_sets"])
+        sets = self.eval_dataset if isinstance(self.eval_dataset, Mapping) else {}
+        for argument, names in named.items():
+            missing = [n for n in names if n is not None and n not in sets]
+            if missing:
+                raise ValueError(
+                    f"{argument} names {missing}, which are not eval sets; "
+                    f"eval_dataset names: {sorted(sets)} (pass eval_dataset as a dict of named sets)"
+                )
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(
@@ -233,12 +288,13 @@ class CalibratedTrainer(Trainer):
             raise ValueError("evaluate needs an eval_dataset")
         named = dict(sets) if isinstance(sets, Mapping) else {None: sets}
         preds = {name: self.predictions(ds, name or "eval") for name, ds in named.items()}
+        outputs = {name: self.variant_outputs(pred) for name, pred in preds.items()}
         metrics: dict[str, float] = {}
         for name, pred in preds.items():
             key = f"{metric_key_prefix}_{name}" if name else metric_key_prefix
-            metrics.update(self._set_metrics(pred, key))
-        metrics.update(self._ood_metrics(preds, metric_key_prefix))
-        n_samples = sum(len(p.ood_score) for p in preds.values())
+            metrics.update(self._set_metrics(pred, outputs[name], key))
+        metrics.update(self._ood_metrics(outputs, metric_key_prefix))
+        n_samples = sum(len(p.logits) for p in preds.values())
         metrics.update(speed_metrics(metric_key_prefix, start, num_samples=n_samples))
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(
@@ -259,59 +315,87 @@ class CalibratedTrainer(Trainer):
             features = self.calibrator is not None and self.calibrator.requires_features
         return self._predict(dataset, name, features=features)
 
-    def calibrated_probs(self, preds: Predictions) -> Tensor:
-        """Class probabilities after the post-hoc calibrator (plain softmax if none is fitted)."""
-        if self.calibrator is None:
-            return preds.logits.float().softmax(-1)
-        with torch.no_grad():
-            return self.calibrator(preds.logits, preds.features).float().softmax(-1)
+    def variant_outputs(
+        self, preds: Predictions, calibrators: Mapping[str, Calibrator] | None = None
+    ) -> dict[str, VariantOutput]:
+        """The outputs of every variant on one set: ``"none"`` (uncalibrated) and each calibrator.
 
-    def _set_metrics(self, pred: Predictions, key: str) -> dict[str, float]:
+        ``calibrators`` maps variant names to fitted calibrators; by default the trainer's own
+        fitted calibrator under its name. Each variant reads its outputs the way its last stage
+        defines them (``normalized``): the loss for ``"none"``, the calibrator otherwise.
+        """
+        if calibrators is None:
+            calibrators = {} if self.calibrator is None else {self.calibrator.name: self.calibrator}
+        method = self.calibration["ood_score"]
+        variants = {UNCALIBRATED: (preds.logits, self.calibration_loss.normalized)}
+        with torch.no_grad():
+            for name, calibrator in calibrators.items():
+                logits = calibrator(preds.logits, preds.features).float()
+                variants[name] = (logits, calibrator.normalized)
+        return {
+            name: VariantOutput(
+                class_probs=class_probabilities(logits, normalized),
+                ood=predictive_ood_score(logits, method, normalized),
+            )
+            for name, (logits, normalized) in variants.items()
+        }
+
+    def calibrated_probs(self, preds: Predictions) -> Tensor:
+        """The predictive distribution after the post-hoc calibrator (uncalibrated if none is
+        fitted); rows sum to one. For SLOVA's outputs the confidence is not its maximum: see
+        :meth:`variant_outputs`."""
+        outputs = self.variant_outputs(preds)
+        name = UNCALIBRATED if self.calibrator is None else self.calibrator.name
+        return outputs[name].probs
+
+    def _set_metrics(
+        self, pred: Predictions, outputs: Mapping[str, VariantOutput], key: str
+    ) -> dict[str, float]:
         if pred.labels is None:
             return {}
         bins = self.calibration["ece_bins"]
-        variants = {"": pred.logits.float().softmax(-1)}
-        if self.calibrator is not None:
-            variants[f"{self.calibrator.name}_"] = self.calibrated_probs(pred)
         metrics = {f"{key}_loss": float(F.cross_entropy(pred.logits.float(), pred.labels))}
-        for tag, probs in variants.items():
-            values = evaluation_metrics(probs, pred.labels, n_bins=bins)
+        for variant, output in outputs.items():
+            tag = "" if variant == UNCALIBRATED else f"{variant}_"
+            values = output.metrics(pred.labels, bins)
             metrics.update({f"{key}_{tag}{k}": float(v) for k, v in values.items()})
         return metrics
 
     def _ood_metrics(
-        self, preds: Mapping[str | None, Predictions], prefix: str
+        self, outputs: Mapping[str | None, Mapping[str, VariantOutput]], prefix: str
     ) -> dict[str, float]:
+        """OOD detection of each out-of-domain set against the in-domain set, per variant."""
         ood_names = self.calibration["ood_sets"]
         if not ood_names:
             return {}
-        missing = [n for n in ood_names if n not in preds]
+        missing = [n for n in ood_names if n not in outputs]
         if missing:
             raise ValueError(
-                f"ood_sets {missing} are not among the eval sets {sorted(map(str, preds))}"
+                f"ood_sets {missing} are not among the eval sets {sorted(map(str, outputs))}"
             )
         in_name = self.calibration["in_domain_set"] or next(
-            (n for n in preds if n not in ood_names and n != self.calibration["calibration_set"]),
+            (n for n in outputs if n not in ood_names and n != self.calibration["calibration_set"]),
             None,
         )
-        if in_name not in preds:
+        if in_name not in outputs:
             raise ValueError(
-                f"in-domain set {in_name!r} is not among the eval sets {sorted(map(str, preds))}"
+                f"in-domain set {in_name!r} is not among the eval sets {sorted(map(str, outputs))}"
             )
-        score_in = preds[in_name].ood_score
         metrics = {}
         for name in ood_names:
-            values = ood_detection_metrics(score_in, preds[name].ood_score)
-            metrics.update({f"{prefix}_{name}_ood_{k}": float(v) for k, v in values.items()})
+            for variant, output in outputs[name].items():
+                tag = "" if variant == UNCALIBRATED else f"{variant}_"
+                values = ood_detection_metrics(outputs[in_name][variant].ood, output.ood)
+                metrics.update(
+                    {f"{prefix}_{name}_{tag}ood_{k}": float(v) for k, v in values.items()}
+                )
         return metrics
 
     def _predict(self, dataset: Any, name: str, features: bool = False) -> Predictions:
         if isinstance(dataset, str):
             dataset = self.eval_dataset[dataset]
         if hasattr(dataset, "column_names"):
-            _check_dataset_labels(
-                dataset, f"eval set {name!r}", self.model.config.num_labels, required=False
-            )
+            _check_dataset_labels(dataset, f"eval set {name!r}", self.model.config, required=False)
         self._collect_features = features
         try:
             output = self.evaluation_loop(
@@ -330,7 +414,6 @@ class CalibratedTrainer(Trainer):
         with torch.no_grad():
             z = raw.to(self.args.device)
             logits = self.calibration_loss.transform_logits(z, model).float().cpu()
-            ood = self.calibration_loss.ood_score(z, model).float().cpu()
         labels = (
             None
             if output.label_ids is None
@@ -338,7 +421,6 @@ class CalibratedTrainer(Trainer):
         )
         return Predictions(
             logits=logits,
-            ood_score=ood,
             labels=labels,
             features=None if feats is None else torch.as_tensor(np.asarray(feats)).float(),
         )
@@ -372,14 +454,24 @@ class CalibratedTrainer(Trainer):
 
     # -- saving --------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the model as ``Trainer`` does, plus the loss and the fitted calibrator."""
-        super().save_model(output_dir, _internal_call)
+        """Save the model as ``Trainer`` does, plus the loss and the fitted calibrator.
+
+        The saving process writes weights, config, tokenizer, training arguments and calibration
+        to a temporary folder beside ``output_dir`` and moves them in only once all are written:
+        a failed save leaves the previous one intact. Weight shards and a calibrator of a previous
+        save that this one does not write are removed; checkpoints, logs and any other content of
+        ``output_dir`` are left alone.
+        """
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
-            save_calibration(
-                output_dir if output_dir is not None else self.args.output_dir,
-                self.calibration_loss,
-                self.calibrator,
-            )
+            with staged_folder(output_dir, REPLACED_ON_SAVE) as staging:
+                super().save_model(str(staging), _internal_call=True)
+                save_calibration(staging, self.calibration_loss, self.calibrator)
+        else:
+            # The other processes only join the collective gathers of a distributed save.
+            super().save_model(output_dir, _internal_call=True)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def create_model_card(self, **kwargs: Any) -> None:
         """``Trainer``'s model card plus the calibration section (method, calibrator, metrics)."""
@@ -406,8 +498,11 @@ class _SaveLossState(TrainerCallback):
         return control
 
 
-def _check_dataset_labels(dataset: Any, what: str, num_labels: int, required: bool = True) -> None:
-    """Fail early, naming the problem, when a dataset's labels do not fit the model."""
+def _check_dataset_labels(dataset: Any, what: str, config: Any, required: bool = True) -> None:
+    """Fail early, naming the problem, when a dataset's labels do not fit the model: a label
+    column of integer ids within the model's classes, and ``ClassLabel`` names that are the
+    model's ``id2label`` names in the same order (case-insensitively) where the model has names."""
+    num_labels = config.num_labels
     columns = getattr(dataset, "column_names", None)
     if columns is None:
         return
@@ -424,6 +519,8 @@ def _check_dataset_labels(dataset: Any, what: str, num_labels: int, required: bo
         raise ValueError(
             f"{what} has {n_names} classes ({feature.names}) but the model has num_labels={num_labels}"
         )
+    if n_names is not None:
+        _check_label_names(feature.names, config, what)
     labels = np.asarray(dataset[column])
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{what}: '{column}' must hold integer class indices, got {labels.dtype}")
@@ -431,4 +528,27 @@ def _check_dataset_labels(dataset: Any, what: str, num_labels: int, required: bo
     if lo < 0 or hi >= num_labels:
         raise ValueError(
             f"{what}: labels lie in [{lo}, {hi}] but the model has num_labels={num_labels}"
+        )
+
+
+def _check_label_names(names: list[str], config: Any, what: str) -> None:
+    """Refuse a dataset whose label names are not the model's ``id2label`` in the same order
+    (ignoring case), through the one :class:`~nlpcal.data.LabelMap` mechanism. A model whose
+    ``id2label`` holds only transformers' placeholders (``LABEL_0``, ...) has no names to compare.
+    """
+    from nlpcal.data import LabelMap, model_label_names
+
+    model_names = model_label_names(config)
+    if model_names == [f"LABEL_{i}" for i in range(len(model_names))]:
+        return
+    try:
+        label_map = LabelMap(model_names, names)
+    except ValueError as err:
+        raise ValueError(f"{what}: {err}") from None
+    if not label_map.is_identity:
+        raise ValueError(
+            f"{what} has the label names {list(names)} (by id), but the model's id2label is "
+            f"{model_names}: label ids would be scored against the wrong classes. Put the set "
+            "in the model's label order (nlpcal.data.align_labels(dataset, "
+            "nlpcal.data.model_label_names(model))) or fine-tune with the data's label order"
         )

@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 import nlpcal.bench as bench
+from nlpcal import load_calibrated
 from nlpcal.cli import main
-from tests.test_bench import REPO, save_tiny_classifier, tiny_recipe
+from tests.test_bench import save_tiny_classifier, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -18,41 +19,166 @@ def model_dir(tmp_path_factory) -> Path:
     return save_tiny_classifier(tmp_path_factory.mktemp("tiny_model"))
 
 
-def test_train_runs_a_single_run_config(model_dir, tmp_path, capsys):
-    config = {
-        "model_name_or_path": str(model_dir),
-        "train": "sample:sst2/train",
-        "calibration": "sample:sst2/dev",
-        "test": "sst2=sample:sst2/test",
-        "ood": ["imdb=sample:imdb"],
-        "max_length": 32,
-        "max_train_samples": 32,
-        "max_eval_samples": 32,
-        "output_dir": str(tmp_path / "run"),
-        "calibration_loss": "label_smoothing",
-        "loss_kwargs": {"alpha": 0.1},
-        "learning_rate": "1e-3",
-        "per_device_train_batch_size": 16,
-        "save_strategy": "no",
-        "report_to": "none",
-        "use_cpu": True,
-        "disable_tqdm": True,
-    }
-    path = tmp_path / "config.yaml"
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    """Default output folders (outputs/...) land in the test's folder, not the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
+def user_error(argv: list[str], capsys) -> str:
+    """The error line of a command that must fail as argparse does: exit 2, one stderr line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nlpcal: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def write_config(path: Path, config: dict) -> str:
     path.write_text(yaml.safe_dump(config))
-    assert main(["train", "--config", str(path), "--num_train_epochs", "1"]) == 0
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["loss"] == "label_smoothing" and metrics["calibrator"] == "temperature"
-    assert {row["set"] for row in metrics["table"]} == {"sst2", "imdb"}
-    out = capsys.readouterr().out
-    assert "report.md" in out and "| imdb (OOD) | 32 |" in out
+    return str(path)
 
 
-def test_train_rejects_a_benchmark_recipe(capsys):
-    recipe = str(REPO / "recipes" / "demo.yaml")
-    with pytest.raises(SystemExit):
-        main(["train", "--config", recipe])
-    assert f"nlpcal bench --recipe {recipe}" in capsys.readouterr().err
+def one_cell_recipe(model_dir: Path, **changes) -> dict:
+    method = {"name": "ls", "calibration_loss": "label_smoothing", "loss_kwargs": {"alpha": 0.1}}
+    recipe = tiny_recipe(model_dir, **{"seeds": [0], "methods": [method], **changes})
+    recipe["data"]["shifted"] = recipe["data"]["shifted"][:1]
+    return recipe
+
+
+def test_train_runs_one_cell_of_a_recipe_and_saves_the_calibrated_model(
+    model_dir, tmp_path, capsys
+):
+    path = write_config(tmp_path / "tiny.yaml", tiny_recipe(model_dir))
+    out = tmp_path / "run"
+    argv = ["train", "--config", path, "--method", "ls", "--seed", "1", "--output-dir", str(out)]
+    assert main([*argv, "--num_train_epochs", "1"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [(c["method"], c["seed"]) for c in results["cells"]] == [("ls", 1)]
+    assert results["recipe"]["training"]["num_train_epochs"] == "1"
+    loaded = load_calibrated(out / "cells" / "ls" / "seed_1" / "model")
+    assert loaded.loss.name == "label_smoothing"
+    printed = capsys.readouterr().out
+    assert f"{out / 'results.md'}" in printed and "| ls | none |" in printed
+
+
+def test_train_and_a_one_cell_bench_give_identical_numbers(model_dir, tmp_path):
+    path = write_config(tmp_path / "cell.yaml", one_cell_recipe(model_dir))
+    main(["train", "--config", path, "--output-dir", str(tmp_path / "train")])
+    main(["bench", "--recipe", path, "--output-dir", str(tmp_path / "bench")])
+    trained, benched = (
+        json.loads((tmp_path / name / "results.json").read_text()) for name in ("train", "bench")
+    )
+    assert trained["cells"][0]["metrics"] == benched["cells"][0]["metrics"]
+    assert trained["rows"] == benched["rows"]
+    assert (tmp_path / "train" / "cells" / "ls" / "seed_0" / "model").is_dir()
+    assert not (tmp_path / "bench" / "cells" / "ls" / "seed_0" / "model").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], "has the methods ['ce', 'ls']: choose one with --method"),
+        (["--method", "ce"], "has the seeds [0, 1]: choose one with --seed"),
+        (["--method", "focal", "--seed", "0"], "has no method 'focal'"),
+        (["--method", "ce", "--seed", "0", "--epochs"], "expected --key value pairs"),
+    ],
+)
+def test_train_names_what_to_choose(flags, expected, model_dir, tmp_path, capsys):
+    path = write_config(tmp_path / "tiny.yaml", tiny_recipe(model_dir))
+    assert expected in user_error(["train", "--config", path, *flags], capsys)
+
+
+@pytest.mark.parametrize("command", ["train --config", "bench --recipe"])
+def test_malformed_yaml_names_the_file_and_line(command, tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("task: sentiment\nseeds: [0, 1\nmethods: []\n")
+    err = user_error([*command.split(), str(path)], capsys)
+    assert f"{path}:3: invalid YAML" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("broken.json", '{"seeds": [0],}', "broken.json:1: invalid JSON"),
+        ("list.yaml", "- seeds\n", "list.yaml must hold a mapping"),
+        ("keys.yaml", "seeds: [0]\nmethod: []\n", "unknown keys ['method']"),
+    ],
+)
+def test_train_reports_a_bad_recipe(name, text, expected, tmp_path, capsys):
+    (tmp_path / name).write_text(text)
+    assert expected in user_error(["train", "--config", str(tmp_path / name)], capsys)
+
+
+def test_train_reports_a_missing_config(tmp_path, capsys):
+    path = tmp_path / "missing.yaml"
+    assert f"recipe file not found: {path}" in user_error(["train", "--config", str(path)], capsys)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--learning_rate", "fast"], "--learning_rate"),
+        (["--learning_rat", "0.1"], "unknown configuration keys"),
+        (["--loss_kwargs", "{alpha: 0.1"], "training must not set ['loss_kwargs']"),
+    ],
+)
+def test_train_reports_bad_training_flags(flags, expected, model_dir, tmp_path, capsys):
+    path = write_config(tmp_path / "cell.yaml", one_cell_recipe(model_dir))
+    assert expected in user_error(["train", "--config", path, *flags], capsys)
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ({"calibration_loss": "focal"}, "unknown calibration loss 'focal'"),
+        ({"calibration_loss": "cross_entropy", "loss_kwargs": {"alpha": 0.1}}, "bad loss_kwargs"),
+        ({"calibration_loss": "cross_entropy", "posthoc": ["platt"]}, "unknown calibrator 'platt'"),
+        ({"calibration_loss": "label_smoothing", "loss_kwargs": "{alpha: 0.1"}, "loss_kwargs"),
+    ],
+)
+def test_train_checks_the_methods_before_loading_anything(
+    method, expected, model_dir, tmp_path, capsys, monkeypatch
+):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the data was loaded")
+
+    monkeypatch.setattr(bench, "_load_data", no_loading)
+    path = write_config(tmp_path / "cell.yaml", one_cell_recipe(model_dir, methods=[method]))
+    assert expected in user_error(["train", "--config", path], capsys)
+
+
+def test_train_reports_bad_data_found_during_the_run(model_dir, tmp_path, capsys):
+    data = tmp_path / "train.tsv"
+    data.write_text("text\tlabel\ngood movie\tpositive\nbad movie\tawful\n")
+    recipe = one_cell_recipe(model_dir)
+    recipe["data"]["train"] = str(data)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", write_config(tmp_path / "cell.yaml", recipe)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err  # after the progress bars of the data loaded before
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith(f"nlpcal: error: {data}:3: unknown label 'awful' in column 'label'")
+
+
+def test_train_reports_a_hub_dataset_it_cannot_download(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    recipe = one_cell_recipe(model_dir)
+    recipe["data"]["test"] = {"name": "sst2", "source": "hub:sst2/test"}
+    path = write_config(tmp_path / "cell.yaml", recipe)
+    assert "cannot download" in user_error(["train", "--config", path], capsys)
+
+
+def test_a_value_error_inside_a_dependency_keeps_its_traceback(model_dir, tmp_path, monkeypatch):
+    def broken_run(*args, **kwargs):
+        return int("not a number")  # stands for a bug outside nlpcal's input checks
+
+    monkeypatch.setattr(bench, "run_bench", broken_run)
+    path = write_config(tmp_path / "cell.yaml", one_cell_recipe(model_dir))
+    with pytest.raises(ValueError, match="invalid literal for int"):
+        main(["train", "--config", path])
 
 
 def test_bench_runs_and_resumes(model_dir, tmp_path, capsys, monkeypatch):
@@ -74,12 +200,21 @@ def test_bench_runs_and_resumes(model_dir, tmp_path, capsys, monkeypatch):
 
 
 def test_bench_reports_a_bad_recipe_without_a_traceback(tmp_path, capsys):
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({"task": "sentiment", "data": {}, "methods": [], "seeds": [0]}))
-    with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "--recipe", str(path)])
-    assert exit_info.value.code == 2
-    assert "needs the keys ['train', 'calibration', 'test']" in capsys.readouterr().err
+    recipe = {"task": "sentiment", "data": {}, "methods": [], "seeds": [0]}
+    path = write_config(tmp_path / "bad.yaml", recipe)
+    err = user_error(["bench", "--recipe", path], capsys)
+    assert "needs the keys ['train', 'calibration', 'test']" in err
+
+
+def test_bench_reports_an_unknown_loss(model_dir, tmp_path, capsys):
+    recipe = tiny_recipe(model_dir, methods=[{"calibration_loss": "focal"}])
+    path = write_config(tmp_path / "tiny.yaml", recipe)
+    assert "unknown calibration loss 'focal'" in user_error(["bench", "--recipe", path], capsys)
+
+
+def test_bench_reports_a_missing_recipe(tmp_path, capsys):
+    path = tmp_path / "missing.yaml"
+    assert f"recipe file not found: {path}" in user_error(["bench", "--recipe", str(path)], capsys)
 
 
 @pytest.fixture
@@ -113,9 +248,8 @@ def test_demo_loss_replaces_the_methods(fake_run, tmp_path, monkeypatch):
 
 
 def test_demo_rejects_an_unknown_loss(fake_run, capsys):
-    with pytest.raises(SystemExit):
-        main(["demo", "--loss", "focal"])
-    assert "unknown calibration loss 'focal'" in capsys.readouterr().err and not fake_run
+    assert "unknown calibration loss 'focal'" in user_error(["demo", "--loss", "focal"], capsys)
+    assert not fake_run
 
 
 def test_list_names_losses_and_calibrators(capsys):

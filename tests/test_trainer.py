@@ -254,16 +254,49 @@ def test_calibrate_without_data_says_what_to_pass(tmp_path):
         trainer.calibrate()
 
 
-def test_unknown_calibration_set_is_reported(tmp_path):
-    args = make_args(tmp_path, calibration_set="validation")
-    trainer = CalibratedTrainer(
-        tiny_model("bert"),
-        args,
-        train_dataset=signal_dataset(),
-        eval_dataset={"test": signal_dataset(8)},
-    )
-    with pytest.raises(ValueError, match="calibration_set 'validation' is not an eval set"):
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [("calibration_set", "validation"), ("ood_sets", ["imdb"]), ("in_domain_set", "sst2")],
+)
+def test_unknown_eval_set_names_are_refused_when_the_trainer_is_built(tmp_path, argument, value):
+    args = make_args(tmp_path, **{argument: value})
+    with pytest.raises(ValueError, match=rf"{argument} names .* not eval sets.*\['test'\]"):
+        CalibratedTrainer(
+            tiny_model("bert"),
+            args,
+            train_dataset=signal_dataset(),
+            eval_dataset={"test": signal_dataset(8)},
+        )
+
+
+def test_eval_sets_set_after_construction_are_checked_before_the_first_step(tmp_path):
+    args = make_args(tmp_path, calibration_set="dev", ood_sets=["imdb"])
+    trainer = CalibratedTrainer(tiny_model("bert"), args, train_dataset=signal_dataset())
+    trainer.eval_dataset = {"dev": signal_dataset(8)}
+    with pytest.raises(ValueError, match=r"ood_sets names \['imdb'\]"):
         trainer.train()
+    assert trainer.state.global_step == 0
+    trainer.eval_dataset = None
+    with pytest.raises(ValueError, match="calibration_set names"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_unknown_posthoc_calibrator_is_refused_when_the_trainer_is_built(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown posthoc calibrator 'platt'.*temperature"):
+        CalibratedTrainer(tiny_model("bert"), make_args(tmp_path, posthoc="platt"))
+
+
+def test_eval_set_with_the_model_labels_in_another_order_is_refused(tmp_path):
+    model = tiny_model("bert")
+    model.config.id2label = {0: "C2", 1: "C0", 2: "C1"}
+    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+    trainer = CalibratedTrainer(model, make_args(tmp_path), eval_dataset=signal_dataset(20))
+    with pytest.raises(ValueError, match=r"\['c0', 'c1', 'c2'\].*\['C2', 'C0', 'C1'\]"):
+        trainer.evaluate()
+    # The same names in the same order, in another case, are the same labels.
+    model.config.id2label = {0: "C0", 1: "C1", 2: "C2"}
+    assert "eval_ece" in trainer.evaluate()
 
 
 class CountingLoss(CrossEntropyLoss):

@@ -25,7 +25,7 @@ __all__ = ["confidence_histogram", "reliability_diagram"]
 
 _FORMATS = (".png", ".svg", ".pdf")
 
-Curves = Mapping[str, tuple[Any, Any]] | tuple[Any, Any]
+Curves = Mapping[str, tuple[Any, ...]] | tuple[Any, ...]
 
 
 def _figure(n_rows: int, height_ratios: list[int]) -> tuple[Figure, list[Axes]]:
@@ -38,26 +38,35 @@ def _figure(n_rows: int, height_ratios: list[int]) -> tuple[Figure, list[Axes]]:
     return fig, list(axes[:, 0])
 
 
-def _as_mapping(curves: Curves) -> dict[str, tuple[Any, Any]]:
+def _as_mapping(curves: Curves) -> dict[str, tuple[Any, ...]]:
     if isinstance(curves, Mapping):
         if not curves:
             raise ValueError("curves is empty: pass at least one (probs, labels) pair")
-        return dict(curves)
-    if isinstance(curves, tuple) and len(curves) == 2:
-        return {"model": curves}
-    raise ValueError(
-        "curves must be a (probs, labels) pair or a mapping from a name to such pairs, "
-        f"got {type(curves).__name__}"
-    )
+        curves = dict(curves)
+    elif isinstance(curves, tuple) and len(curves) in (2, 3):
+        curves = {"model": curves}
+    else:
+        raise ValueError(
+            "curves must be a (probs, labels) pair or a mapping from a name to such pairs, "
+            f"got {type(curves).__name__}"
+        )
+    for name, pair in curves.items():
+        if not isinstance(pair, tuple) or len(pair) not in (2, 3):
+            raise ValueError(
+                f"curve {name!r} must be a (probs, labels) or (probs, labels, confidence) tuple"
+            )
+    return curves
 
 
 def _statistics(curves: Curves, n_bins: int) -> dict[str, tuple[ReliabilityCurve, float]]:
-    """Per-bin statistics and ECE of each named ``(probs, labels)`` pair."""
+    """Per-bin statistics and ECE of each named ``(probs, labels[, confidence])`` tuple."""
     n_bins = _check_n_bins(n_bins)
     result = {}
-    for name, (probs, labels) in _as_mapping(curves).items():
-        curve = reliability_curve(probs, labels, n_bins=n_bins)
-        result[name] = (curve, float(expected_calibration_error(probs, labels, n_bins=n_bins)))
+    for name, (probs, labels, *confidence) in _as_mapping(curves).items():
+        confidence = confidence[0] if confidence else None
+        curve = reliability_curve(probs, labels, n_bins=n_bins, confidence=confidence)
+        ece = expected_calibration_error(probs, labels, n_bins=n_bins, confidence=confidence)
+        result[name] = (curve, float(ece))
     return result
 
 
@@ -96,7 +105,8 @@ def reliability_diagram(
 
     Args:
         curves: a ``(probs, labels)`` pair, or a mapping from a name (e.g. ``"SST-2 (in-domain)"``,
-            ``"IMDb (OOD)"``) to such pairs.
+            ``"IMDb (OOD)"``) to such pairs. A third element, the top-label confidence ``(n,)``,
+            replaces ``max(probs)`` where the two differ (SLOVA's ``q_ŷ``).
         n_bins: number of equal-width bins.
         path: where to save the figure; the suffix picks the format (``.png``, ``.svg``, ``.pdf``).
         title: the figure title.

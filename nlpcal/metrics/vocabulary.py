@@ -1,0 +1,71 @@
+"""The one vocabulary of metric names: key, human label and direction.
+
+``CalibratedTrainer.evaluate`` keys end in these names (``eval_<set>_[<variant>_]<key>``), and the
+benchmark tables, the HTML report and the model card show these labels, in this order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["METRICS", "Metric", "metric"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported metric.
+
+    Attributes:
+        key: the name in metric dicts and result files.
+        label: the column header in tables.
+        lower_is_better: the direction of improvement.
+        description: one line for reports.
+    """
+
+    key: str
+    label: str
+    lower_is_better: bool
+    description: str
+
+    @property
+    def arrow(self) -> str:
+        """``↓`` when lower is better, else ``↑``."""
+        return "↓" if self.lower_is_better else "↑"
+
+
+METRICS: dict[str, Metric] = {
+    m.key: m
+    for m in (
+        Metric("accuracy", "accuracy", False, "fraction of correct top-label predictions"),
+        Metric(
+            "ece",
+            "ECE",
+            True,
+            "expected calibration error of the top-label confidence, equal-width bins "
+            "(15 unless the run says otherwise)",
+        ),
+        Metric("ece_10", "ECE (10 bins)", True, "ECE with 10 bins, the Desai & Durrett protocol"),
+        Metric("mce", "MCE", True, "maximum calibration error over non-empty bins"),
+        Metric("rmsce", "RMSCE", True, "root-mean-square calibration error"),
+        Metric("brier", "Brier", True, "Brier score of the predictive distribution"),
+        Metric("nll", "NLL", True, "negative log-likelihood of the predictive distribution"),
+        Metric("aurc", "AURC", True, "area under the risk-coverage curve (selective prediction)"),
+        Metric("loss", "loss", True, "the Trainer's evaluation loss: the uncalibrated NLL"),
+        Metric("ood_auroc", "OOD AUROC", False, "OOD detection against the in-domain set"),
+        Metric("ood_aupr_in", "OOD AUPR-in", False, "average precision, in-domain as positive"),
+        Metric("ood_aupr_out", "OOD AUPR-out", False, "average precision, shifted as positive"),
+        Metric("ood_fpr95", "OOD FPR@95", True, "shifted examples kept at 95 % in-domain recall"),
+    )
+}
+
+
+def metric(key: str) -> Metric:
+    """The :class:`Metric` named ``key``; unknown keys list the known ones.
+
+    >>> metric("ece").label, metric("accuracy").arrow
+    ('ECE', '↑')
+    """
+    try:
+        return METRICS[key]
+    except KeyError:
+        raise ValueError(f"unknown metric {key!r}; known: {', '.join(METRICS)}") from None
