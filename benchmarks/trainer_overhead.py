@@ -53,7 +53,7 @@ def worker(model_name: str, config: str) -> dict:
     )
 
     from nlpcal import CalibratedTrainer, CalibrationArguments
-    from nlpcal.pipeline import DEFAULT_MODEL, resolve_model_path
+    from nlpcal.data.prepare import DEFAULT_MODEL, resolve_model_path
 
     batch, seq_len, warmup, steps = MODELS[model_name]
     torch.manual_seed(0)

@@ -35,16 +35,25 @@ _PACKAGE = Path(__file__).resolve().parent
 def main(argv: list[str] | None = None) -> int:
     """Run the ``nlpcal`` command; a user error (a bad config, recipe, argument or data file)
     exits with status 2 and one ``nlpcal: error: ...`` line on stderr, as argparse does."""
+    from nlpcal.bench import recipe_keys
+
     parser = argparse.ArgumentParser(prog="nlpcal", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    recipe_help = {"epilog": recipe_keys(), "formatter_class": argparse.RawDescriptionHelpFormatter}
     train = sub.add_parser(
-        "train", help="one method and one seed of a recipe; saves the calibrated model"
+        "train",
+        help="one method and one seed of a recipe; saves the calibrated model",
+        description="Run one method and one seed of a recipe and save the calibrated model; "
+        "--key value flags after the options override the recipe's training section.",
+        **recipe_help,
     )
     train.add_argument("--config", "--recipe", dest="config", required=True, help="a recipe")
     train.add_argument("--method", help="the recipe's method to run (default: its only one)")
     train.add_argument("--seed", type=int, help="the seed to run (default: the recipe's only one)")
     train.add_argument("--output-dir", help="the run folder (default: outputs/train/<recipe name>)")
-    bench = sub.add_parser("bench", help="run a benchmark recipe: methods x seeds, under shift")
+    bench = sub.add_parser(
+        "bench", help="run a benchmark recipe: methods x seeds, under shift", **recipe_help
+    )
     bench.add_argument("--recipe", required=True, help="recipes/<name>.yaml")
     bench.add_argument("--output-dir", help="the run folder (default: outputs/bench/<recipe name>)")
     demo = sub.add_parser("demo", help="the embedded default benchmark, offline on CPU")
@@ -100,9 +109,11 @@ def _run(args: argparse.Namespace, rest: list[str]) -> None:
             method = Method.from_dict({"calibration_loss": args.loss})
             recipe = dataclasses.replace(recipe, methods=(method,))
             output_dir = args.output_dir or f"{DEMO_OUTPUT_DIR}_{args.loss}"
-    run_bench(recipe, output_dir, resume=args.resume)
+    from nlpcal.bench.report import headline
+
+    results = run_bench(recipe, output_dir, resume=args.resume)
     report = Path(output_dir) / "results.md"
-    print(report)
+    print(f"\n{headline(results)}\nFull report: {report} (and report.html beside it)\n")
     print(report.read_text())
 
 

@@ -1,8 +1,10 @@
 """Save, load and share calibrated models.
 
 A calibrated model folder is a normal ``save_pretrained`` folder plus ``nlpcal_config.json`` (the
-training loss and the post-hoc calibrator's name) and, when fitted, ``calibrator/``. It loads back
-with :func:`load_calibrated` from a local path or a Hub repository id.
+training loss, each post-hoc variant's calibrator and the active variant) and each fitted
+calibrator in ``calibrators/<variant>/``. It loads back with :func:`load_calibrated` from a local
+path or a Hub repository id; folders saved before several calibrators (one ``calibrator/``
+folder) load too.
 
 Saving goes through a temporary folder (:func:`~nlpcal._io.staged_folder`), so a failed save
 leaves the previous one as it was; a failed Hub call raises :class:`HubError`.
@@ -37,15 +39,17 @@ __all__ = [
 
 CONFIG_NAME = "nlpcal_config.json"
 CARD_METRICS = ("accuracy", "ece", "brier", "nll")  # keys of nlpcal.metrics.vocabulary
-CALIBRATOR_DIR = "calibrator"
+CALIBRATORS_DIR = "calibrators"
+LEGACY_CALIBRATOR_DIR = "calibrator"  # the one calibrator of a save from before several
 # What a save writes that a new save must not leave behind when it writes no new copy: the
-# weights (an older, larger save's shards) and the calibration (a calibrator no longer fitted).
+# weights (an older, larger save's shards) and the calibration (calibrators no longer fitted).
 REPLACED_ON_SAVE = (
     "model*.safetensors",
     "model.safetensors.index.json",
     "pytorch_model*.bin",
     "pytorch_model.bin.index.json",
-    CALIBRATOR_DIR,
+    CALIBRATORS_DIR,
+    LEGACY_CALIBRATOR_DIR,
     CONFIG_NAME,
 )
 
@@ -55,44 +59,58 @@ class HubError(OSError):
 
 
 def save_calibration(
-    directory: str | os.PathLike, loss: CalibrationLoss, calibrator: Calibrator | None
+    directory: str | os.PathLike,
+    loss: CalibrationLoss,
+    calibrators: Mapping[str, Calibrator],
+    active: str | None = None,
 ) -> None:
-    """Write the loss and the fitted calibrator next to a ``save_pretrained`` folder."""
+    """Write the loss and the fitted calibrators (by variant name; ``active``, default the first,
+    is the one :func:`load_calibrated` applies) next to a ``save_pretrained`` folder."""
+    if active is not None and active not in calibrators:
+        raise ValueError(f"active calibrator {active!r} is not among {list(calibrators)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if calibrator is not None:
-        calibrator.save(directory / CALIBRATOR_DIR)
+    for variant, calibrator in calibrators.items():
+        calibrator.save(directory / CALIBRATORS_DIR / variant)
     meta = {
         "nlpcal_version": __version__,
         "loss": loss.name,
         "loss_config": loss.config(),
-        "calibrator": None if calibrator is None else calibrator.name,
+        "calibrators": {variant: c.name for variant, c in calibrators.items()},
+        "active_calibrator": active or next(iter(calibrators), None),
     }
     write_text_atomic(directory / CONFIG_NAME, json.dumps(meta, indent=2))
 
 
 def calibration_card(
     loss: CalibrationLoss,
-    calibrator: Calibrator | None,
+    calibrators: Mapping[str, Calibrator],
     metrics: Mapping[str, float] | None = None,
+    active: str | None = None,
 ) -> str:
-    """The model card's calibration section: the method, the fitted calibrator, the metrics."""
+    """The model card's calibration section: the method, the fitted calibrators by variant name
+    (``active``, default the first, is the one a load applies), the metrics of each."""
+    active = active or next(iter(calibrators), None)
     lines = [
         "## Calibration (nlpcal)",
         "",
         f"- Training loss: `{loss.name}` {json.dumps(loss.config()) if loss.config() else ''}".rstrip(),
-        f"- Post-hoc calibrator: `{calibrator.name}` {json.dumps(calibrator.config())}"
-        if calibrator is not None
-        else "- Post-hoc calibrator: none",
     ]
-    if calibrator is not None and hasattr(calibrator, "temperature"):
-        lines.append(f"- Fitted temperature: {float(calibrator.temperature):.4f}")
-    rows = _card_rows(metrics or {}, None if calibrator is None else calibrator.name)
+    if not calibrators:
+        lines.append("- Post-hoc calibrator: none")
+    for variant, calibrator in calibrators.items():
+        name = "" if variant == calibrator.name else f" (variant `{variant}`)"
+        applied = " — applied when loaded" if variant == active else ""
+        config = json.dumps(calibrator.config())
+        lines.append(f"- Post-hoc calibrator: `{calibrator.name}`{name} {config}{applied}")
+        if hasattr(calibrator, "temperature"):
+            lines.append(f"- Fitted temperature: {float(calibrator.temperature):.4f}")
+    rows = _card_rows(metrics or {}, list(calibrators))
     if rows:
         lines += [
             "",
-            "| eval set | metric | uncalibrated | calibrated |",
-            "|---|---|---|---|",
+            "| eval set | metric | uncalibrated | " + " | ".join(calibrators) + " |",
+            "|---|---|---|" + "---|" * len(calibrators),
             *rows,
         ]
     lines += [
@@ -110,20 +128,21 @@ def calibration_card(
     return "\n".join(lines)
 
 
-def _card_rows(metrics: Mapping[str, float], calibrator: str | None) -> list[str]:
+def _card_rows(metrics: Mapping[str, float], variants: Sequence[str]) -> list[str]:
     rows = []
     for key, value in metrics.items():
         for metric in CARD_METRICS:
             suffix = f"_{metric}"
-            if not key.endswith(suffix) or (calibrator and key.endswith(f"_{calibrator}{suffix}")):
+            if not key.endswith(suffix) or any(key.endswith(f"_{v}{suffix}") for v in variants):
                 continue
             prefix = key[: -len(suffix)]
-            after = metrics.get(f"{prefix}_{calibrator}{suffix}") if calibrator else None
-            after_cell = "" if after is None else f"{after:.4f}"
-            label = METRICS[metric].label
-            rows.append(
-                f"| {prefix.removeprefix('eval_')} | {label} | {value:.4f} | {after_cell} |"
-            )
+            after = [metrics.get(f"{prefix}_{v}{suffix}") for v in variants]
+            cells = [
+                prefix.removeprefix("eval_"),
+                METRICS[metric].label,
+                *("" if x is None else f"{x:.4f}" for x in (value, *after)),
+            ]
+            rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 
@@ -138,6 +157,8 @@ class CalibratedModel(nn.Module):
         loss: the calibration loss it was trained with (defines the predictive distribution).
         calibrator: a fitted post-hoc calibrator, or ``None``.
         tokenizer: the tokenizer, needed by :meth:`predict_proba`.
+        variant: the calibrator's variant name, which :meth:`save_pretrained` saves it under
+            (default: the calibrator's name).
     """
 
     def __init__(
@@ -146,12 +167,14 @@ class CalibratedModel(nn.Module):
         loss: CalibrationLoss,
         calibrator: Calibrator | None = None,
         tokenizer: Any = None,
+        variant: str | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
         self.calibrator = calibrator
         self.tokenizer = tokenizer
+        self.variant = variant
 
     @torch.no_grad()
     def forward(self, **inputs: Tensor) -> Tensor:
@@ -221,16 +244,19 @@ class CalibratedModel(nn.Module):
 
         ``metrics`` (e.g. ``CalibratedTrainer.evaluate()``'s result) go into the card. Everything
         is written to a temporary folder first and moved in only once complete, so a failed save
-        leaves a previous one in ``directory`` intact; weight shards and a calibrator of a previous
+        leaves a previous one in ``directory`` intact; weight shards and calibrators of a previous
         save that this one does not write are removed, other files are left alone.
         """
+        calibrators = {}
+        if self.calibrator is not None:
+            calibrators[self.variant or self.calibrator.name] = self.calibrator
         card = "---\nlibrary_name: transformers\ntags:\n- nlpcal\n- calibration\n---\n\n"
-        card += calibration_card(self.loss, self.calibrator, metrics)
+        card += calibration_card(self.loss, calibrators, metrics)
         with staged_folder(directory, REPLACED_ON_SAVE) as staging:
             self.model.save_pretrained(staging)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(staging)
-            save_calibration(staging, self.loss, self.calibrator)
+            save_calibration(staging, self.loss, calibrators)
             (staging / "README.md").write_text(card)
 
     def push_to_hub(
@@ -269,20 +295,25 @@ class CalibratedModel(nn.Module):
 
 
 def load_calibrated(
-    path: str | os.PathLike, device: str | torch.device | None = None, **hub_kwargs: Any
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    calibrator: str | None = None,
+    **hub_kwargs: Any,
 ) -> CalibratedModel:
     """Load a calibrated model saved by ``CalibratedTrainer.save_model`` or ``save_pretrained``.
 
     ``path`` is a local folder or a Hub repository id (downloaded with ``snapshot_download``,
     which gets ``hub_kwargs``). A path that is no folder is tried on the Hub only if it can be a
     repository id (``name`` or ``owner/name``): ``./x``, ``/x``, ``~/x`` or ``a/b/c`` never are.
-    Heads that the loss adds to the model (e.g. the double head's temperature network) are
-    re-attached and their weights restored.
+    ``calibrator`` names the saved post-hoc variant to apply (default: the active one of the
+    save; ``"none"``: none). Heads that the loss adds to the model (e.g. the double head's
+    temperature network) are re-attached and their weights restored.
 
     Raises:
         FileNotFoundError: when there is no such folder (and no such Hub repository), or the
             folder was not saved by nlpcal.
-        ValueError: naming the file, when a file of the save is corrupted or truncated.
+        ValueError: naming the file, when a file of the save is corrupted or truncated; or when
+            ``calibrator`` names no saved variant.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -290,7 +321,13 @@ def load_calibrated(
     config_file = folder / CONFIG_NAME
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: not saved by nlpcal")
-    meta = read_json(config_file, required=("loss", "calibrator"))
+    meta = read_json(config_file, required=("loss",))
+    saved, active, location = _saved_calibrators(folder, meta)
+    variant = active if calibrator is None else calibrator
+    if variant not in (*saved, None, "none"):
+        raise ValueError(
+            f"{folder} has no calibrator {variant!r}; saved variants: {list(saved)} (or 'none')"
+        )
     try:
         loss = create_loss(meta["loss"], **meta.get("loss_config", {}))
     except (TypeError, ValueError) as err:
@@ -303,21 +340,46 @@ def load_calibrated(
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     loss.prepare_model(model)
     _restore_weights(model, weights)
-    calibrator = None
-    if meta["calibrator"]:
-        calibrator = load_calibrator(folder / CALIBRATOR_DIR)
-        if calibrator.name != meta["calibrator"]:
+    fitted = None
+    if variant in saved:
+        fitted = load_calibrator(location[variant])
+        if fitted.name != saved[variant]:
             raise ValueError(
-                f"{config_file} names the calibrator {meta['calibrator']!r} but "
-                f"{folder / CALIBRATOR_DIR} holds {calibrator.name!r}"
+                f"{config_file} names the calibrator {saved[variant]!r} but "
+                f"{location[variant]} holds {fitted.name!r}"
             )
     tokenizer = None
     if (folder / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(folder)
-    calibrated = CalibratedModel(model.eval(), loss, calibrator, tokenizer)
+    calibrated = CalibratedModel(model.eval(), loss, fitted, tokenizer, variant if fitted else None)
     if device is not None:
         calibrated.to(device)
     return calibrated
+
+
+def _saved_calibrators(
+    folder: Path, meta: Mapping[str, Any]
+) -> tuple[dict[str, str], str | None, dict[str, Path]]:
+    """The saved variants' calibrator names, the active variant and each variant's folder, from
+    ``nlpcal_config.json``; a save from before several calibrators has one, in ``calibrator/``."""
+    config_file = folder / CONFIG_NAME
+    if "calibrators" in meta:
+        saved, active = meta["calibrators"], meta.get("active_calibrator")
+        if not isinstance(saved, dict) or (saved and active not in saved):
+            raise ValueError(
+                f"{config_file} is corrupted: expected 'calibrators' to map variant names to "
+                f"calibrator names and 'active_calibrator' to name one of them"
+            )
+        return saved, active, {v: folder / CALIBRATORS_DIR / v for v in saved}
+    if "calibrator" not in meta:
+        raise ValueError(
+            f"{config_file} lacks the keys ['calibrators']; expected a JSON object with the keys "
+            "['loss', 'calibrators', 'active_calibrator']"
+        )
+    name = meta["calibrator"]
+    if name is None:
+        return {}, None, {}
+    return {name: name}, name, {name: folder / LEGACY_CALIBRATOR_DIR}
 
 
 def _find_folder(path: str | os.PathLike, hub_kwargs: Mapping[str, Any]) -> Path:

@@ -2,9 +2,10 @@
 
 It overrides the documented hooks only: ``compute_loss`` delegates to the configured
 :class:`~nlpcal.losses.CalibrationLoss`; ``prediction_step`` returns raw logits (and penultimate
-features when the post-hoc calibrator needs them); ``evaluate`` scores any number of named eval
-sets, in-domain and out-of-domain; ``train`` fits the post-hoc calibrator afterwards; ``save_model``
-stores the calibration with the model; ``log`` flushes the loss's own diagnostics.
+features when a post-hoc calibrator needs them); ``evaluate`` scores any number of named eval
+sets, in-domain and out-of-domain, for every variant; ``train`` fits the post-hoc calibrators
+afterwards; ``save_model`` stores the calibration with the model; ``log`` flushes the loss's own
+diagnostics.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, speed_metrics
 
 from nlpcal._io import staged_folder, write_text_atomic
-from nlpcal.args import calibration_settings
+from nlpcal.args import PosthocVariant, calibration_settings, posthoc_variants
 from nlpcal.functional.metrics import evaluation_metrics
 from nlpcal.functional.ood import ood_detection_metrics
 from nlpcal.functional.predictive import (
@@ -34,7 +35,7 @@ from nlpcal.functional.predictive import (
 )
 from nlpcal.hub import REPLACED_ON_SAVE, calibration_card, save_calibration
 from nlpcal.losses import CalibrationLoss, LossContext, create_loss
-from nlpcal.posthoc import Calibrator, create_calibrator, list_calibrators
+from nlpcal.posthoc import Calibrator, calibrator_class, create_calibrator
 
 __all__ = ["CalibratedTrainer", "Predictions", "VariantOutput"]
 
@@ -89,11 +90,19 @@ class CalibratedTrainer(Trainer):
         args: :class:`~nlpcal.CalibrationArguments`, or a plain ``TrainingArguments`` (then the
             calibration defaults apply: cross-entropy, automatic post-hoc calibrator).
         loss: overrides ``args.calibration_loss``: a registered name or a loss instance.
-        calibrator: a fitted :class:`~nlpcal.posthoc.Calibrator` to use from the start.
-        calibration_dataset: held-out data the post-hoc calibrator is fitted on after training
+        calibrator: a fitted :class:`~nlpcal.posthoc.Calibrator` to use from the start, as the
+            only variant (under its name) until :meth:`calibrate` fits ``args.posthoc``.
+        calibration_dataset: held-out data the post-hoc calibrators are fitted on after training
             (default: the eval set named by ``args.calibration_set``).
         **kwargs: everything ``transformers.Trainer`` takes (train_dataset, eval_dataset as one
             dataset or a dict of named datasets, processing_class, data_collator, callbacks, ...).
+
+    Attributes:
+        posthoc: the post-hoc variants that :meth:`calibrate` fits, by variant name
+            (:func:`~nlpcal.args.posthoc_variants` of ``args.posthoc``).
+        calibrators: the fitted post-hoc calibrators by variant name, in ``args.posthoc`` order.
+        active_calibrator: the variant that :meth:`calibrated_probs` applies and a saved model
+            loads by default (``args.active_calibrator``, else the first); ``None`` without one.
 
     Example:
         >>> from nlpcal import CalibratedTrainer, CalibrationArguments  # doctest: +SKIP
@@ -122,11 +131,16 @@ class CalibratedTrainer(Trainer):
         else:
             name = loss or self.calibration["calibration_loss"]
             self.calibration_loss = create_loss(name, **self.calibration["loss_kwargs"])
-        posthoc = self.calibration["posthoc"]
-        if posthoc not in (None, "auto") and posthoc not in list_calibrators():
+        self.posthoc: dict[str, PosthocVariant] = posthoc_variants(
+            self.calibration["posthoc"],
+            self.calibration["posthoc_kwargs"],
+            self.calibration_loss.default_calibrator,
+        )
+        active = self.calibration["active_calibrator"]
+        if active is not None and active not in self.posthoc:
             raise ValueError(
-                f"unknown posthoc calibrator {posthoc!r}; available: "
-                f"{', '.join(list_calibrators())}, or 'auto' or 'none'"
+                f"active_calibrator {active!r} is not a posthoc variant; "
+                f"variants: {list(self.posthoc)}"
             )
         predictive_ood_score(torch.zeros(1, 2), self.calibration["ood_score"])
         self.calibration_loss.prepare_model(model)
@@ -135,6 +149,8 @@ class CalibratedTrainer(Trainer):
         # compute_loss normalises by num_items_in_batch itself; this makes the Trainer count it
         # and skip its own division by the gradient-accumulation steps.
         self.model_accepts_loss_kwargs = True
+        self.calibrators: dict[str, Calibrator] = {}
+        self.active_calibrator: str | None = None
         self.calibrator = calibrator
         self.calibration_dataset = calibration_dataset
         self._diagnostics: dict[str, Tensor] = {}
@@ -196,16 +212,28 @@ class CalibratedTrainer(Trainer):
             if state_file.is_file():
                 self.calibration_loss.load_state_dict(json.loads(state_file.read_text()))
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
-        if self.calibration["posthoc"] is not None and self._calibration_data() is not None:
+        if self.posthoc and self._calibration_data() is not None:
             self.calibrate()
         return output
 
     # -- post-hoc calibration ----------------------------------------------------------------------
-    def calibrate(self, dataset: Any = None) -> Calibrator:
-        """Fit the post-hoc calibrator on held-out ``dataset`` and log NLL/ECE before and after.
+    @property
+    def calibrator(self) -> Calibrator | None:
+        """The active post-hoc calibrator, or ``None``. Setting one makes it the only variant,
+        under its name; setting ``None`` drops every calibrator."""
+        return self.calibrators.get(self.active_calibrator)
+
+    @calibrator.setter
+    def calibrator(self, calibrator: Calibrator | None) -> None:
+        self.calibrators = {} if calibrator is None else {calibrator.name: calibrator}
+        self.active_calibrator = None if calibrator is None else calibrator.name
+
+    def calibrate(self, dataset: Any = None) -> dict[str, Calibrator]:
+        """Fit every post-hoc variant of ``args.posthoc`` on held-out ``dataset`` (one prediction
+        pass) and log ECE, NLL and Brier before and after each.
 
         ``dataset`` defaults to ``calibration_dataset`` or the eval set named by
-        ``args.calibration_set``. Never pass test data.
+        ``args.calibration_set``. Never pass test data. Returns :attr:`calibrators`.
         """
         dataset = dataset if dataset is not None else self._calibration_data()
         if dataset is None:
@@ -213,30 +241,35 @@ class CalibratedTrainer(Trainer):
                 "no calibration data: pass calibration_dataset= to the trainer, set "
                 "args.calibration_set to the name of a held-out eval set, or call calibrate(dataset)"
             )
-        name = self._posthoc_name()
-        if name is None:
+        if not self.posthoc:
             raise ValueError("post-hoc calibration is disabled (args.posthoc is 'none')")
-        calibrator = create_calibrator(name, **self.calibration["posthoc_kwargs"])
-        needs_features = calibrator.requires_features
-        preds = self._predict(dataset, "calibration", features=needs_features)
+        features = any(
+            calibrator_class(v.calibrator).requires_features for v in self.posthoc.values()
+        )
+        preds = self._predict(dataset, "calibration", features=features)
         if preds.labels is None:
             raise ValueError("the calibration dataset has no labels")
-        calibrator.fit(preds.logits, preds.labels, preds.features)
-        self.calibrator = calibrator
+        self.calibrators = {
+            variant: create_calibrator(name, **kwargs).fit(
+                preds.logits, preds.labels, preds.features
+            )
+            for variant, (name, kwargs) in self.posthoc.items()
+        }
+        self.active_calibrator = self.calibration["active_calibrator"] or next(iter(self.posthoc))
         bins = self.calibration["ece_bins"]
         outputs = self.variant_outputs(preds)
         before = outputs[UNCALIBRATED].metrics(preds.labels, bins)
-        after = outputs[calibrator.name].metrics(preds.labels, bins)
         logs = {f"calibration_{k}_before": float(before[k]) for k in ("ece", "nll", "brier")}
-        logs.update({f"calibration_{k}_after": float(after[k]) for k in ("ece", "nll", "brier")})
+        for variant in self.calibrators:
+            after = outputs[variant].metrics(preds.labels, bins)
+            logs.update(
+                {
+                    f"calibration_{variant}_{k}_after": float(after[k])
+                    for k in ("ece", "nll", "brier")
+                }
+            )
         self.log(logs)
-        return calibrator
-
-    def _posthoc_name(self) -> str | None:
-        name = self.calibration["posthoc"]
-        if name == "auto":
-            return self.calibration_loss.default_calibrator
-        return name
+        return self.calibrators
 
     def _calibration_data(self) -> Any:
         if self.calibration_dataset is not None:
@@ -276,8 +309,8 @@ class CalibratedTrainer(Trainer):
     ) -> dict[str, float]:
         """Score every eval set: accuracy, ECE, MCE, Brier, NLL, AURC, before and after calibration.
 
-        With a dict of named sets, keys are ``{prefix}_{set}_{metric}``, metrics after post-hoc
-        calibration are ``{prefix}_{set}_{calibrator}_{metric}``, and each out-of-domain set
+        With a dict of named sets, keys are ``{prefix}_{set}_{metric}``, metrics after each post-hoc
+        calibrator are ``{prefix}_{set}_{variant}_{metric}``, and each out-of-domain set
         (``args.ood_sets``) gets ``{prefix}_{set}_ood_auroc`` (and AUPR-in/out, FPR@95%TPR)
         against the in-domain set, with in-distribution as the positive class. ``ignore_keys`` is
         accepted for compatibility; only logits are collected.
@@ -308,11 +341,11 @@ class CalibratedTrainer(Trainer):
     ) -> Predictions:
         """Uncalibrated predictive logits, OOD scores and labels of the model on ``dataset``.
 
-        ``features`` collects the penultimate (first-token) features; by default only when the
+        ``features`` collects the penultimate (first-token) features; by default only when a
         fitted calibrator needs them.
         """
         if features is None:
-            features = self.calibrator is not None and self.calibrator.requires_features
+            features = any(c.requires_features for c in self.calibrators.values())
         return self._predict(dataset, name, features=features)
 
     def variant_outputs(
@@ -321,11 +354,11 @@ class CalibratedTrainer(Trainer):
         """The outputs of every variant on one set: ``"none"`` (uncalibrated) and each calibrator.
 
         ``calibrators`` maps variant names to fitted calibrators; by default the trainer's own
-        fitted calibrator under its name. Each variant reads its outputs the way its last stage
-        defines them (``normalized``): the loss for ``"none"``, the calibrator otherwise.
+        (:attr:`calibrators`). Each variant reads its outputs the way its last stage defines them
+        (``normalized``): the loss for ``"none"``, the calibrator otherwise.
         """
         if calibrators is None:
-            calibrators = {} if self.calibrator is None else {self.calibrator.name: self.calibrator}
+            calibrators = self.calibrators
         method = self.calibration["ood_score"]
         variants = {UNCALIBRATED: (preds.logits, self.calibration_loss.normalized)}
         with torch.no_grad():
@@ -341,12 +374,11 @@ class CalibratedTrainer(Trainer):
         }
 
     def calibrated_probs(self, preds: Predictions) -> Tensor:
-        """The predictive distribution after the post-hoc calibrator (uncalibrated if none is
-        fitted); rows sum to one. For SLOVA's outputs the confidence is not its maximum: see
+        """The predictive distribution after the active post-hoc calibrator (uncalibrated if none
+        is fitted); rows sum to one. For SLOVA's outputs the confidence is not its maximum: see
         :meth:`variant_outputs`."""
-        outputs = self.variant_outputs(preds)
-        name = UNCALIBRATED if self.calibrator is None else self.calibrator.name
-        return outputs[name].probs
+        active = {} if self.calibrator is None else {self.active_calibrator: self.calibrator}
+        return self.variant_outputs(preds, active)[self.active_calibrator or UNCALIBRATED].probs
 
     def _set_metrics(
         self, pred: Predictions, outputs: Mapping[str, VariantOutput], key: str
@@ -454,11 +486,12 @@ class CalibratedTrainer(Trainer):
 
     # -- saving --------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the model as ``Trainer`` does, plus the loss and the fitted calibrator.
+        """Save the model as ``Trainer`` does, plus the loss and every fitted calibrator (under
+        ``calibrators/<variant>/``, the active one recorded; see :func:`~nlpcal.load_calibrated`).
 
         The saving process writes weights, config, tokenizer, training arguments and calibration
         to a temporary folder beside ``output_dir`` and moves them in only once all are written:
-        a failed save leaves the previous one intact. Weight shards and a calibrator of a previous
+        a failed save leaves the previous one intact. Weight shards and calibrators of a previous
         save that this one does not write are removed; checkpoints, logs and any other content of
         ``output_dir`` are left alone.
         """
@@ -466,7 +499,9 @@ class CalibratedTrainer(Trainer):
         if self.args.should_save:
             with staged_folder(output_dir, REPLACED_ON_SAVE) as staging:
                 super().save_model(str(staging), _internal_call=True)
-                save_calibration(staging, self.calibration_loss, self.calibrator)
+                save_calibration(
+                    staging, self.calibration_loss, self.calibrators, self.active_calibrator
+                )
         else:
             # The other processes only join the collective gathers of a distributed save.
             super().save_model(output_dir, _internal_call=True)
@@ -474,12 +509,14 @@ class CalibratedTrainer(Trainer):
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def create_model_card(self, **kwargs: Any) -> None:
-        """``Trainer``'s model card plus the calibration section (method, calibrator, metrics)."""
+        """``Trainer``'s model card plus the calibration section (method, calibrators, metrics)."""
         super().create_model_card(**kwargs)
         if not self.is_world_process_zero():
             return
         card = Path(self.args.output_dir) / "README.md"
-        section = calibration_card(self.calibration_loss, self.calibrator, self.last_eval_metrics)
+        section = calibration_card(
+            self.calibration_loss, self.calibrators, self.last_eval_metrics, self.active_calibrator
+        )
         card.write_text(card.read_text().rstrip() + "\n\n" + section)
 
 

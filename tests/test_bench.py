@@ -12,8 +12,17 @@ import numpy as np
 import pytest
 import yaml
 
-import nlpcal.bench as bench
-from nlpcal.bench import Method, Recipe, demo_recipe, load_recipe, run_bench, shift_metrics
+import nlpcal.bench.run as bench_run
+from nlpcal.bench import (
+    Method,
+    Recipe,
+    demo_recipe,
+    load_recipe,
+    recipe_reference,
+    run_bench,
+    shift_metrics,
+)
+from nlpcal.data.prepare import DEFAULT_MODEL
 from tests.conftest import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,13 +103,13 @@ def finished(tmp_path_factory, model_dir) -> tuple[Path, dict]:
 def count_training(monkeypatch) -> list[tuple[str, int]]:
     """Records (loss, seed) of every model the runner trains."""
     calls = []
-    train = bench.train_calibrated
+    train = bench_run.train_calibrated
 
     def counted(model, args, *rest, **kwargs):
         calls.append((args.calibration_loss, args.seed))
         return train(model, args, *rest, **kwargs)
 
-    monkeypatch.setattr(bench, "train_calibrated", counted)
+    monkeypatch.setattr(bench_run, "train_calibrated", counted)
     return calls
 
 
@@ -226,21 +235,21 @@ def test_an_interrupted_run_resumes_where_it_stopped(
     model_dir, tmp_path, monkeypatch, count_training
 ):
     recipe = Recipe.from_dict(tiny_recipe(model_dir))
-    run_cell = bench._run_cell
+    run_cell = bench_run._run_cell
 
     def interrupted(recipe, method, seed, *args):
         if (method.name, seed) == ("ls", 0):
             raise KeyboardInterrupt
         run_cell(recipe, method, seed, *args)
 
-    monkeypatch.setattr(bench, "_run_cell", interrupted)
+    monkeypatch.setattr(bench_run, "_run_cell", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_bench(recipe, tmp_path)
     assert sorted(p.parent.name for p in tmp_path.glob("cells/*/*/result.json")) == [
         "seed_0",
         "seed_1",
     ]
-    monkeypatch.setattr(bench, "_run_cell", run_cell)
+    monkeypatch.setattr(bench_run, "_run_cell", run_cell)
     run_bench(recipe, tmp_path)
     assert count_training == [
         ("cross_entropy", 0),
@@ -301,6 +310,65 @@ def test_a_feature_calibrator_listed_after_another_gets_features(model_dir, tmp_
     assert {"none", "temperature", "adats"} <= set(next(iter(result["metrics"].values())))
 
 
+def test_unlabelled_sets_are_scored_for_ood_detection_only(model_dir, tmp_path):
+    texts = tmp_path / "texts.csv"
+    texts.write_text("text\n" + "".join(f"an unlabelled sentence number {i}\n" for i in range(30)))
+    recipe = tiny_recipe(
+        model_dir, seeds=[0, 1], methods=[{"name": "ce", "calibration_loss": "cross_entropy"}]
+    )
+    recipe["data"]["shifted"] = [
+        {"name": "imdb", "source": "sample:imdb"},
+        {"name": "imdb_unlabelled", "source": "sample:imdb", "labeled": False},
+        {"name": "texts", "source": str(texts), "labeled": False},
+    ]
+    results = run_bench(Recipe.from_dict(recipe), tmp_path / "run")
+    saved = np.load(tmp_path / "run" / "cells" / "ce" / "seed_0" / "predictions.npz")
+    assert "labels/imdb" in saved and "probs/imdb_unlabelled/temperature" in saved
+    assert not {"labels/imdb_unlabelled", "labels/texts"} & set(saved.files)
+    metrics = results["cells"][0]["metrics"]
+    for variant in ("none", "temperature"):
+        # The same data with and without labels: the same OOD AUROC, and nothing else.
+        assert metrics["imdb_unlabelled"][variant] == {
+            "ood_auroc": pytest.approx(metrics["imdb"][variant]["ood_auroc"])
+        }
+        assert set(metrics["texts"][variant]) == {"ood_auroc"}
+    rows = {(r["variant"], r["set"]): r["values"] for r in results["rows"]}
+    assert set(rows[("ensemble", "texts")]) == {"ood_auroc"}
+    assert rows[("none", "texts")]["accuracy"] is None
+    # The report shows the shifted sets' columns, empty but for the OOD AUROC.
+    markdown = (tmp_path / "run" / "results.md").read_text()
+    tables = {t.split("\n")[0]: t.split("\n")[2:] for t in markdown.split("\n## ")[1:]}
+    labelled = next(rows for title, rows in tables.items() if title.startswith("imdb (shifted,"))
+    title = "texts (shifted, unlabelled: OOD detection only, n = 30)"
+    unlabelled = next(rows for t, rows in tables.items() if t.startswith(title))
+    assert unlabelled[0] == labelled[0]  # the header
+    assert re.fullmatch(r"\| ce \| none \|(  \|){6} 0\.\d{4} ± 0\.\d{4} \|", unlabelled[2])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"test": {"name": "sst2", "source": "sample:sst2/test", "labeled": False}},
+            "must be labelled",
+        ),
+        (
+            {
+                "shifted": [
+                    {"name": "x", "source": "sample:imdb", "labeled": False, "label_map": {}}
+                ]
+            },
+            "takes no label_map",
+        ),
+    ],
+)
+def test_unlabelled_sets_that_cannot_work_are_refused(model_dir, change, message):
+    recipe = tiny_recipe(model_dir)
+    recipe["data"] = {**recipe["data"], **change}
+    with pytest.raises(ValueError, match=message):
+        Recipe.from_dict(recipe)
+
+
 # -- recipes -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("change", "message"),
@@ -321,7 +389,7 @@ def test_a_feature_calibrator_listed_after_another_gets_features(model_dir, tmp_
         ),
         ({"methods": [{"calibration_loss": "cross_entropy"}] * 2}, "duplicate method"),
         ({"seeds": []}, "seeds"),
-        ({"seeds": [0, -1]}, "seed must be an integer >= 0"),
+        ({"seeds": [0, -1]}, r"seeds\[1\] must be an integer >= 0, got -1"),
         ({"task": "translation"}, "unknown task"),
         ({"modle": "x"}, r"unknown keys \['modle'\]"),
         ({"training": {"seed": 3}}, "runner sets them per cell"),
@@ -331,11 +399,67 @@ def test_a_feature_calibrator_listed_after_another_gets_features(model_dir, tmp_
             {"data": {"train": "sample:sst2/train", "test": {"name": "t", "source": "x"}}},
             r"needs the keys \['calibration'\]",
         ),
+        ({"max_length": "64"}, "max_length must be an integer >= 1, got '64'"),
+        ({"ood_score": "maxprob"}, "unknown ood_score 'maxprob'; available: confidence, msp"),
+        ({"task": None, "labels": ["positive"]}, "at least two names"),
+        (
+            {"methods": [{"calibration_loss": "cross_entropy", "posthoc": "temperature"}]},
+            r"methods\[0\]\.posthoc must be a list",
+        ),
+        (
+            {
+                "methods": [
+                    {
+                        "calibration_loss": "cross_entropy",
+                        "posthoc": ["temperature", "vector"],
+                        "posthoc_kwargs": {"max_iter": 3},
+                    }
+                ]
+            },
+            "posthoc_kwargs: with several calibrators its keys are variant names",
+        ),
+        (
+            {
+                "methods": [
+                    {
+                        "calibration_loss": "cross_entropy",
+                        "posthoc": ["vector"],
+                        "posthoc_kwargs": {"bins": 3},
+                    }
+                ]
+            },
+            "bad posthoc_kwargs for 'vector'",
+        ),
     ],
 )
 def test_bad_recipes_raise_clear_errors(model_dir, change, message):
     with pytest.raises(ValueError, match=message):
         Recipe.from_dict(tiny_recipe(model_dir, **change))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"shifted": [{"name": "x", "source": "sample:imdb", "corrupt": {"severity": 9}}]},
+            r"data\.shifted\[0\]\.corrupt\.severity must be an integer from 1 to 5, got 9",
+        ),
+        (
+            {"shifted": [{"name": "x", "source": "sample:imdb", "labeled": "no"}]},
+            r"data\.shifted\[0\]\.labeled must be true or false",
+        ),
+        (
+            {"calibration": {"source": "sample:sst2/dev", "holdout": 5}},
+            "takes a source .* or a holdout",
+        ),
+        ({"test": "sample:sst2/test"}, r"data\.test needs the keys \['name'\]"),
+    ],
+)
+def test_bad_data_sections_name_the_key_and_what_was_expected(model_dir, data, message):
+    config = tiny_recipe(model_dir)
+    config["data"] = {**config["data"], **data}
+    with pytest.raises(ValueError, match=message):
+        Recipe.from_dict(config)
 
 
 @pytest.mark.parametrize(
@@ -377,10 +501,57 @@ def test_a_recipe_file_inherits_its_base(tmp_path, model_dir):
 def test_holdout_calibration_is_split_off_the_training_source(model_dir):
     data = {**tiny_recipe(model_dir)["data"], "calibration": {"holdout": 100}}
     recipe = Recipe.from_dict(tiny_recipe(model_dir, data=data, slicing={"seed": 0}))
-    loaded = bench._load_data(recipe)
+    loaded = bench_run._load_data(recipe)
     assert (loaded.train.num_rows, loaded.calibration.num_rows) == (1900, 100)
     with pytest.raises(ValueError, match="holdout"):
         Recipe.from_dict(tiny_recipe(model_dir, data={**data, "calibration": {"holdout": -1}}))
+
+
+def test_a_method_may_fit_one_calibrator_twice_under_two_names(model_dir):
+    method = {
+        "name": "ce",
+        "calibration_loss": "cross_entropy",
+        "posthoc": ["temperature", "short=temperature"],
+        "posthoc_kwargs": {"short": {"max_iter": 1}},
+    }
+    recipe = Recipe.from_dict(tiny_recipe(model_dir, methods=[method]))
+    (parsed,) = recipe.methods
+    assert parsed.variants == ("none", "temperature", "short")
+    args = recipe.training_arguments(parsed, 0, "out")
+    assert args.posthoc == ["temperature", "short=temperature"]
+    assert args.posthoc_kwargs == {"short": {"max_iter": 1}}
+
+
+def test_a_run_whose_recipe_json_lacks_newer_keys_resumes(
+    finished, model_dir, tmp_path, count_training
+):
+    """Keys an older nlpcal did not write take their defaults when the stored recipe is read."""
+    out = _copy(finished[0], tmp_path)
+    stored = json.loads((out / "recipe.json").read_text())
+    del stored["ood_score"]
+    for method in stored["methods"]:
+        del method["posthoc_kwargs"]
+    stored["data"]["shifted"][1]["corrupt"] = {"severity": 5}  # the other keys at their defaults
+    (out / "recipe.json").write_text(json.dumps(stored))
+    run_bench(Recipe.from_dict(tiny_recipe(model_dir)), out)
+    assert count_training == []
+
+
+def test_the_recipe_reference_in_docs_is_up_to_date():
+    """docs/recipes.md is generated from the schema: a stale copy is rewritten, and this fails."""
+    path = REPO / "docs" / "recipes.md"
+    expected = recipe_reference()
+    if not path.is_file() or path.read_text() != expected:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(expected)
+        pytest.fail(f"{path} was stale and has been regenerated: review and commit it")
+
+
+def test_the_reference_documents_every_key_of_every_section(model_dir):
+    reference = recipe_reference()
+    config = tiny_recipe(model_dir)
+    for key in (*config, *config["data"], *config["methods"][0], "holdout", "labeled"):
+        assert f"| `{key}` |" in reference, key
 
 
 def test_method_defaults_to_the_losses_own_calibrator():
@@ -398,8 +569,9 @@ def test_the_packaged_demo_recipe_is_the_repository_copy():
 @pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_repository_recipes_are_valid(path):
     recipe = load_recipe(path)
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
     if path.stem.endswith("_cpu") or path.stem == "demo":
-        assert recipe.model == bench.DEFAULT_MODEL and recipe.training.get("use_cpu") is True
+        assert recipe.model == DEFAULT_MODEL and recipe.training.get("use_cpu") is True
 
 
 @pytest.mark.parametrize(
@@ -408,14 +580,37 @@ def test_repository_recipes_are_valid(path):
 )
 def test_cpu_recipes_load_their_shared_data(shared_data, monkeypatch, name, n_test):
     monkeypatch.chdir(REPO)  # data_dir is relative to the working directory
-    monkeypatch.setattr(bench, "load_tokenizer", lambda model: None)
-    monkeypatch.setattr(bench, "tokenize", lambda dataset, tokenizer, max_length: dataset)
+    monkeypatch.setattr(bench_run, "load_tokenizer", lambda model: None)
+    monkeypatch.setattr(bench_run, "tokenize", lambda dataset, tokenizer, max_length: dataset)
     recipe = load_recipe(REPO / "recipes" / f"{name}.yaml")
-    data = bench._load_data(recipe)
-    assert (data.train.num_rows, data.calibration.num_rows) == (recipe.max_train_samples, 1000)
-    clean = data.sets[recipe.test.name]
+    data = bench_run._load_data(recipe)
+    expected = (recipe.slicing.max_train_samples, 1000)
+    assert (data.train.num_rows, data.calibration.num_rows) == expected
+    clean = data.sets[recipe.data.test.name]
     assert clean.num_rows == n_test
-    for spec in recipe.shifted:
+    for spec in recipe.data.shifted:
         shifted = data.sets[spec.name]
         if spec.corrupt is not None:
             assert shifted["label"] == clean["label"] and shifted["text"] != clean["text"]
+
+
+def test_the_headline_shows_ece_before_and_after_calibration(finished):
+    from nlpcal.bench.report import headline
+
+    _, results = finished
+    text = headline(results)
+    rows = {
+        (r["method"], r["variant"], r["set"]): r["values"]
+        for r in results["rows"]
+        if not r["variant"].startswith("ensemble")
+    }
+    shifted = (
+        rows[("ce", "vector", "imdb")]["ece"]["mean"]
+        + rows[("ce", "vector", "sst2_c5")]["ece"]["mean"]
+    ) / 2
+    in_domain = rows[("ce", "vector", "sst2")]["ece"]["mean"]
+    assert (
+        f"| ce | vector | {rows[('ce', 'vector', 'sst2')]['accuracy']['mean']:.3f} | {in_domain:.3f} | {shifted:.3f} |"
+        in text
+    )
+    assert "| ls | uncalibrated |" in text and "ensemble" not in text

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 import nlpcal.bench as bench
+import nlpcal.bench.run as bench_run
 from nlpcal import load_calibrated
 from nlpcal.cli import main
 from tests.test_bench import save_tiny_classifier, tiny_recipe
@@ -144,7 +145,7 @@ def test_train_checks_the_methods_before_loading_anything(
     def no_loading(*args, **kwargs):
         raise AssertionError("the data was loaded")
 
-    monkeypatch.setattr(bench, "_load_data", no_loading)
+    monkeypatch.setattr(bench_run, "_load_data", no_loading)
     path = write_config(tmp_path / "cell.yaml", one_cell_recipe(model_dir, methods=[method]))
     assert expected in user_error(["train", "--config", path], capsys)
 
@@ -188,13 +189,17 @@ def test_bench_runs_and_resumes(model_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert main(["bench", "--recipe", str(path), "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert f"{out / 'results.md'}\n# Benchmark `tiny`" in printed
-    assert "| cross_entropy | temperature |" in printed
+    # The headline comes first: one small table of ECE before and after calibration.
+    head, _, full = printed.partition(f"Full report: {out / 'results.md'}")
+    assert "| method | variant | accuracy | ECE in-domain | ECE shifted (mean) |" in head
+    assert "| cross_entropy | uncalibrated |" in head and "| cross_entropy | temperature |" in head
+    assert "# Benchmark `tiny`" in full
+    assert "| cross_entropy | temperature |" in full
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell was trained again")
 
-    monkeypatch.setattr(bench, "train_calibrated", no_training)
+    monkeypatch.setattr(bench_run, "train_calibrated", no_training)
     assert main(["bench", "--recipe", str(path), "--output-dir", str(out)]) == 0
     assert "| cross_entropy | temperature |" in capsys.readouterr().out
 
@@ -250,6 +255,17 @@ def test_demo_loss_replaces_the_methods(fake_run, tmp_path, monkeypatch):
 def test_demo_rejects_an_unknown_loss(fake_run, capsys):
     assert "unknown calibration loss 'focal'" in user_error(["demo", "--loss", "focal"], capsys)
     assert not fake_run
+
+
+@pytest.mark.parametrize("command", ["train", "bench"])
+def test_help_lists_the_recipe_keys(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "docs/recipes.md" in out
+    assert "data.test, data.shifted[]: source, text_column" in out
+    assert "methods[]: name, calibration_loss, loss_kwargs, posthoc, posthoc_kwargs" in out
 
 
 def test_list_names_losses_and_calibrators(capsys):

@@ -21,6 +21,8 @@ from nlpcal import CalibratedTrainer, load_calibrated
 from nlpcal.hub import HubError
 from tests.test_trainer import make_args, signal_dataset, tiny_model
 
+CALIBRATOR = "calibrators/temperature"  # where the trained fixture's calibrator is saved
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -231,17 +233,17 @@ def drop_loss(path: Path) -> None:
 
 def name_another_calibrator(path: Path) -> None:
     meta = json.loads(path.read_text())
-    path.write_text(json.dumps({**meta, "calibrator": "vector"}))
+    path.write_text(json.dumps({**meta, "calibrators": {"temperature": "vector"}}))
 
 
 @pytest.mark.parametrize(
     "name, damage, problem",
     [
         ("model.safetensors", truncate, "is corrupted or truncated"),
-        ("calibrator/calibrator.safetensors", truncate, "is corrupted or truncated"),
-        ("calibrator/calibrator.safetensors", rewrite("garbage"), "is corrupted or truncated"),
-        ("calibrator/calibrator.json", truncate, "is corrupted: not valid JSON"),
-        ("calibrator/calibrator.json", rewrite('{"config": {}}'), r"lacks the keys \['name'\]"),
+        (f"{CALIBRATOR}/calibrator.safetensors", truncate, "is corrupted or truncated"),
+        (f"{CALIBRATOR}/calibrator.safetensors", rewrite("garbage"), "is corrupted or truncated"),
+        (f"{CALIBRATOR}/calibrator.json", truncate, "is corrupted: not valid JSON"),
+        (f"{CALIBRATOR}/calibrator.json", rewrite('{"config": {}}'), r"lacks the keys \['name'\]"),
         ("nlpcal_config.json", truncate, "is corrupted: not valid JSON"),
         ("nlpcal_config.json", rewrite("[]"), "holds a JSON list"),
         ("nlpcal_config.json", drop_loss, r"lacks the keys \['loss'\]"),
@@ -273,8 +275,8 @@ def test_calibrator_weights_of_another_calibrator_are_named(trained, tmp_path):
 
     folder = shutil.copytree(trained[2], tmp_path / "copy")
     create_calibrator("vector").fit(torch.randn(12, 3), torch.arange(12) % 3).save(tmp_path / "v")
-    shutil.copy(tmp_path / "v" / "calibrator.safetensors", folder / "calibrator")
-    weights = folder / "calibrator" / "calibrator.safetensors"
+    shutil.copy(tmp_path / "v" / "calibrator.safetensors", folder / CALIBRATOR)
+    weights = folder / CALIBRATOR / "calibrator.safetensors"
     with pytest.raises(ValueError, match=f"^{re.escape(str(weights))} does not hold the weights"):
         load_calibrated(folder)
 
@@ -312,3 +314,58 @@ def test_trained_model_round_trips_through_load_calibrated(tmp_path, loss, posth
     loaded = load_calibrated(tmp_path / "saved")
     assert loaded.loss.name == loss and loaded.calibrator.name == calibrator
     torch.testing.assert_close(loaded(**batch(8)), expected, rtol=0, atol=1e-5)
+
+
+def test_several_calibrators_round_trip_with_the_active_one_loaded_by_default(tmp_path):
+    args = make_args(
+        tmp_path,
+        calibration_set="dev",
+        posthoc=["temperature", "vector"],
+        active_calibrator="vector",
+    )
+    trainer = CalibratedTrainer(
+        tiny_model("bert"),
+        args,
+        train_dataset=signal_dataset(32),
+        eval_dataset={"dev": signal_dataset(48, seed=3)},
+    )
+    trainer.train()
+    trainer.evaluate()
+    trainer.create_model_card(model_name="tiny")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| eval set | metric | uncalibrated | temperature | vector |" in card
+    assert re.search(r"`vector` \{.*\} — applied when loaded", card)
+    trainer.save_model(str(tmp_path / "saved"))
+    meta = json.loads((tmp_path / "saved" / "nlpcal_config.json").read_text())
+    assert meta["calibrators"] == {"temperature": "temperature", "vector": "vector"}
+    assert meta["active_calibrator"] == "vector"
+    preds = trainer.predictions(signal_dataset(8, seed=5))
+    uncalibrated = trainer.variant_outputs(preds, {})["none"].class_probs
+    for variant in (None, "temperature", "vector", "none"):
+        loaded = load_calibrated(tmp_path / "saved", calibrator=variant)
+        name = variant or "vector"
+        expected = uncalibrated
+        if name != "none":
+            expected = trainer.variant_outputs(preds, {name: trainer.calibrators[name]})[name]
+            expected = expected.class_probs
+            assert loaded.calibrator.name == loaded.variant == name
+        torch.testing.assert_close(loaded(**batch(8)).softmax(-1), expected, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"has no calibrator 'adats'; saved variants: \['temp"):
+        load_calibrated(tmp_path / "saved", calibrator="adats")
+
+
+def test_a_folder_saved_with_one_calibrator_folder_still_loads(trained, tmp_path):
+    """Saves from before several calibrators: ``calibrator/`` and ``"calibrator": name``."""
+    folder = shutil.copytree(trained[2], tmp_path / "old")
+    (folder / CALIBRATOR).rename(folder / "calibrator")
+    (folder / "calibrators").rmdir()
+    meta = json.loads((folder / "nlpcal_config.json").read_text())
+    del meta["calibrators"], meta["active_calibrator"]
+    (folder / "nlpcal_config.json").write_text(json.dumps({**meta, "calibrator": "temperature"}))
+    expected = load_calibrated(trained[2])(**batch())
+    old = load_calibrated(folder)
+    assert old.calibrator.name == "temperature"
+    torch.testing.assert_close(old(**batch()), expected, rtol=0, atol=0)
+    old.save_pretrained(folder)  # a new save replaces the old layout
+    assert not (folder / "calibrator").exists() and (folder / CALIBRATOR).is_dir()
+    torch.testing.assert_close(load_calibrated(folder)(**batch()), expected, rtol=0, atol=0)

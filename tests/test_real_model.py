@@ -8,7 +8,7 @@ import pytest
 
 from nlpcal import CalibratedTrainer, CalibrationArguments, list_losses
 from nlpcal.data import load_dataset_by_name
-from nlpcal.pipeline import DEFAULT_MODEL, resolve_model_path
+from nlpcal.data.prepare import DEFAULT_MODEL, resolve_model_path
 
 pytestmark = pytest.mark.slow
 

@@ -142,10 +142,10 @@ def test_save_replaces_the_previous_save_and_keeps_other_content(trainer, previo
 
 def test_save_without_calibrator_removes_the_stale_one(trainer, previous, batch):
     out, _, _, _ = previous
-    assert (out / "calibrator").is_dir()
+    assert (out / "calibrators" / "temperature").is_dir()
     trainer.calibrator = None
     trainer.save_model(str(out))
-    assert not (out / "calibrator").exists()
+    assert not (out / "calibrators").exists()
     loaded = load_calibrated(out)
     assert loaded.calibrator is None
     torch.testing.assert_close(loaded(**batch), current(trainer, batch))
@@ -155,7 +155,7 @@ def test_save_pretrained_without_calibrator_removes_the_stale_one(trainer, previ
     out, before, _, _ = previous
     model = CalibratedModel(trainer.model.eval(), trainer.calibration_loss)
     model.save_pretrained(out)
-    assert not (out / "calibrator").exists()
+    assert not (out / "calibrators").exists()
     assert files(out)["logs.txt"] == before["logs.txt"]
     torch.testing.assert_close(load_calibrated(out)(**batch), model(**batch))
 

@@ -119,7 +119,7 @@ def test_posthoc_calibrator_fitted_after_training_and_survives_save_load(tmp_pat
     trainer.train()
     assert trainer.calibrator is not None and trainer.calibrator.name == "temperature"
     logged = {k for entry in trainer.state.log_history for k in entry}
-    assert {"calibration_nll_before", "calibration_nll_after"} <= logged
+    assert {"calibration_nll_before", "calibration_temperature_nll_after"} <= logged
     metrics = trainer.evaluate()
     assert "eval_test_temperature_ece" in metrics
     # Fitting minimises NLL on the calibration split: it cannot get worse there.
@@ -134,6 +134,68 @@ def test_posthoc_calibrator_fitted_after_training_and_survives_save_load(tmp_pat
     preds = trainer.predictions(evals["test"].select(range(8)))
     expected = trainer.calibrated_probs(preds)
     assert torch.allclose(loaded(**inputs).softmax(-1), expected, atol=1e-5)
+
+
+def test_two_variants_of_one_calibrator_are_fitted_with_their_own_kwargs_in_one_pass(
+    tmp_path, monkeypatch
+):
+    small = {"encoder_hidden": [16], "temperature_hidden": [8], "epochs": 2, "batch_size": 16}
+    args = make_args(
+        tmp_path,
+        calibration_set="dev",
+        posthoc=["temperature", "adats", "adats_b=adats"],
+        posthoc_kwargs={"adats": {**small, "seed": 0}, "adats_b": {**small, "seed": 1}},
+        active_calibrator="adats_b",
+    )
+    evals = {"test": signal_dataset(40, seed=1), "dev": signal_dataset(48, seed=3)}
+    trainer = CalibratedTrainer(
+        tiny_model("bert"), args, train_dataset=signal_dataset(), eval_dataset=evals
+    )
+    passes = []
+    predict = trainer._predict
+    monkeypatch.setattr(
+        trainer,
+        "_predict",
+        lambda ds, name, **kw: passes.append((name, kw)) or predict(ds, name, **kw),
+    )
+    trainer.train()
+    assert passes == [("calibration", {"features": True})]
+    assert list(trainer.calibrators) == ["temperature", "adats", "adats_b"]
+    a, b = trainer.calibrators["adats"], trainer.calibrators["adats_b"]
+    assert (a.name, a.seed, b.name, b.seed) == ("adats", 0, "adats", 1)
+    assert trainer.active_calibrator == "adats_b" and trainer.calibrator is b
+    preds = trainer.predictions(evals["test"])
+    assert preds.features is not None
+    with torch.no_grad():
+        assert not torch.allclose(a(preds.logits, preds.features), b(preds.logits, preds.features))
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert {f"calibration_{v}_ece_after" for v in trainer.calibrators} <= logged
+    metrics = trainer.evaluate()
+    for variant in ("", "temperature_", "adats_", "adats_b_"):
+        assert math.isfinite(metrics[f"eval_test_{variant}ece"])
+
+
+@pytest.mark.parametrize(
+    ("posthoc", "kwargs", "message"),
+    [
+        (["temperature", "temperature"], {}, "lists the variant 'temperature' twice"),
+        (["temperature", "none"], {}, "unknown calibrator 'none'"),
+        (["Big=temperature"], {}, "variant name is lowercase"),
+        (["temperature", "vector"], {"max_iter": 5}, r"its keys are variant names.*\['max_iter'\]"),
+    ],
+)
+def test_bad_posthoc_lists_are_refused_when_the_trainer_is_built(
+    tmp_path, posthoc, kwargs, message
+):
+    args = make_args(tmp_path, posthoc=posthoc, posthoc_kwargs=kwargs)
+    with pytest.raises(ValueError, match=message):
+        CalibratedTrainer(tiny_model("bert"), args)
+
+
+def test_active_calibrator_must_be_a_variant(tmp_path):
+    args = make_args(tmp_path, posthoc=["temperature"], active_calibrator="vector")
+    with pytest.raises(ValueError, match=r"active_calibrator 'vector' is not a posthoc variant"):
+        CalibratedTrainer(tiny_model("bert"), args)
 
 
 def test_double_head_is_saved_and_restored(tmp_path):
@@ -283,7 +345,7 @@ def test_eval_sets_set_after_construction_are_checked_before_the_first_step(tmp_
 
 
 def test_unknown_posthoc_calibrator_is_refused_when_the_trainer_is_built(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown posthoc calibrator 'platt'.*temperature"):
+    with pytest.raises(ValueError, match=r"posthoc: unknown calibrator 'platt'.*temperature"):
         CalibratedTrainer(tiny_model("bert"), make_args(tmp_path, posthoc="platt"))
 
 

@@ -3,6 +3,7 @@
 from nlpcal.posthoc.adats import AdaTS
 from nlpcal.posthoc.base import (
     Calibrator,
+    calibrator_class,
     create_calibrator,
     list_calibrators,
     load_calibrator,
@@ -18,6 +19,7 @@ __all__ = [
     "ExponentialCalibrator",
     "TemperatureScaler",
     "VectorScaler",
+    "calibrator_class",
     "create_calibrator",
     "list_calibrators",
     "load_calibrator",

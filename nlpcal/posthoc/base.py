@@ -25,6 +25,7 @@ from nlpcal.functional._checks import check_labels, check_logits
 __all__ = [
     "Calibrator",
     "ScalarCalibrator",
+    "calibrator_class",
     "create_calibrator",
     "list_calibrators",
     "load_calibrator",
@@ -47,6 +48,18 @@ def create_calibrator(name: str, **kwargs: Any) -> Calibrator:
     import nlpcal.posthoc  # noqa: F401  (registers the built-in calibrators)
 
     return _CALIBRATORS.create(name, **kwargs)
+
+
+def calibrator_class(name: str) -> type[Calibrator]:
+    """The class registered as ``name`` (its class attributes, e.g. ``requires_features``, without
+    building one); unknown names list the available ones.
+
+    >>> calibrator_class("adats").requires_features
+    True
+    """
+    import nlpcal.posthoc  # noqa: F401
+
+    return _CALIBRATORS.get(name)
 
 
 def list_calibrators() -> list[str]:

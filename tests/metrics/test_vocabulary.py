@@ -7,10 +7,10 @@ import re
 import pytest
 
 from nlpcal import CalibratedTrainer
-from nlpcal.bench import METRICS as RUNNER_METRICS
+from nlpcal.bench.collect import METRICS as RUNNER_METRICS
+from nlpcal.bench.report import COLUMNS
 from nlpcal.hub import CARD_METRICS
 from nlpcal.metrics.vocabulary import METRICS, metric
-from nlpcal.report import COLUMNS
 from tests.conftest import tiny_model
 from tests.test_trainer import make_args, signal_dataset
 

@@ -1,4 +1,4 @@
-"""The experiment pipeline: configs, and the classifier ``train_calibrated`` fine-tunes."""
+"""The runner's fine-tuning: the classifier ``train_calibrated`` loads."""
 
 from __future__ import annotations
 
@@ -8,38 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import BertConfig, BertModel
 from transformers.utils import logging as hf_logging
 
-from nlpcal.pipeline import _load_classifier, parse_config
-
-
-@pytest.mark.parametrize(("overrides", "expected"), [((), []), (("--ood_sets", "imdb"), ["imdb"])])
-def test_an_empty_list_in_a_config_empties_the_field(overrides, expected):
-    (args,) = parse_config(
-        {"ood_sets": [], "output_dir": "out", "report_to": "none"}, overrides=overrides
-    )
-    assert args.ood_sets == expected
-
-
-def test_an_empty_list_for_a_single_value_is_rejected():
-    with pytest.raises(ValueError, match="--calibration_loss.*expected one argument"):
-        parse_config({"calibration_loss": [], "output_dir": "out"})
+from nlpcal.bench.run import _load_classifier
+from tests.conftest import tiny_model
 
 
 @pytest.fixture
 def encoder_dir(tmp_path) -> Path:
     """A tiny random base encoder (no classification head), as sentence encoders ship."""
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(tmp_path)
+    tiny_model("bert").bert.save_pretrained(tmp_path)
     return tmp_path
 
 

@@ -1,4 +1,4 @@
-"""Reports of a benchmark run (:mod:`nlpcal.bench`): markdown tables and a self-contained HTML page.
+"""Reports of a benchmark run: markdown tables and a self-contained HTML page.
 
 Both render the same tables, one per evaluation set, from the ``results.json`` content; the HTML page
 embeds the reliability diagrams as base64 PNGs, so it is a single file with no external assets.
@@ -14,9 +14,9 @@ from typing import Any
 
 from nlpcal.metrics.vocabulary import METRICS
 
-__all__ = ["COLUMNS", "NOTES", "html_report", "markdown_report"]
+__all__ = ["COLUMNS", "NOTES", "headline", "html_report", "markdown_report"]
 
-COLUMNS = {
+COLUMNS = {  # the runner's metrics, by their keys in the vocabulary, and their labels
     key: METRICS[key].label
     for key in ("accuracy", "ece_10", "ece", "brier", "nll", "aurc", "ood_auroc")
 }
@@ -48,11 +48,52 @@ _STYLE = (
 )
 
 
+def headline(results: Mapping[str, Any]) -> str:
+    """The run in one small table: ECE in-domain and averaged over the shifted sets, for each
+    method before and after each post-hoc calibrator (mean over seeds), with accuracy.
+
+    Args:
+        results: the content of a run's ``results.json``.
+    """
+    data = results["recipe"]["data"]
+    test = data["test"]["name"]
+    shifted = [s["name"] for s in data["shifted"]]
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in results["rows"]:
+        if row["variant"].startswith("ensemble"):
+            continue
+        rows.setdefault((row["method"], row["variant"]), {})[row["set"]] = row["values"]
+    head = ["method", "variant", "accuracy", "ECE in-domain", "ECE shifted (mean)"]
+    lines = [_md_row(head), "|" + "---|" * len(head)]
+    for (method, variant), sets in rows.items():
+        shifted_ece = [_mean(sets[name].get("ece")) for name in shifted if name in sets]
+        shifted_ece = [v for v in shifted_ece if v is not None]
+        cells = [
+            method,
+            "uncalibrated" if variant == "none" else variant,
+            _number(_mean(sets[test].get("accuracy"))),
+            _number(_mean(sets[test].get("ece"))),
+            _number(sum(shifted_ece) / len(shifted_ece) if shifted_ece else None),
+        ]
+        lines.append(_md_row(cells))
+    seeds = len(results["recipe"]["seeds"])
+    caption = f"ECE with 15 bins, mean over {seeds} seed{'s' * (seeds > 1)}; lower is better."
+    return "\n".join([*lines, "", caption]) + "\n"
+
+
+def _mean(value: Mapping[str, float | None] | float | None) -> float | None:
+    return value["mean"] if isinstance(value, Mapping) else value
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
 def markdown_report(results: Mapping[str, Any]) -> str:
     """The run as markdown: a summary, one table per evaluation set, and notes on the metrics.
 
     Args:
-        results: the content of a run's ``results.json`` (what :func:`nlpcal.bench.run_bench`
+        results: the content of a run's ``results.json`` (what :func:`~nlpcal.bench.run_bench`
             returns).
     """
     lines = [f"# Benchmark `{results['recipe']['name']}`", ""]
@@ -125,16 +166,20 @@ def _summary(results: Mapping[str, Any]) -> list[tuple[str, str]]:
 def _tables(results: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """``(title, header, rows)`` per evaluation set, in recipe order."""
     data = results["recipe"]["data"]
+    present = [m for m in COLUMNS if any(r["values"].get(m) is not None for r in results["rows"])]
     tables = []
     for spec in (data["test"], *data["shifted"]):
         rows = [r for r in results["rows"] if r["set"] == spec["name"]]
-        columns = [m for m in COLUMNS if any(r["values"].get(m) is not None for r in rows)]
+        kind = rows[0]["kind"]
+        columns = [m for m in present if m != "ood_auroc" or kind != "in-domain"]
         source = spec["source"]
         if spec.get("corrupt"):
             source += (
                 " corrupted (" + ", ".join(f"{k}={v}" for k, v in spec["corrupt"].items()) + ")"
             )
-        title = f"{spec['name']} ({rows[0]['kind']}, n = {rows[0]['n']}): {source}"
+        if spec.get("labeled") is False:
+            kind += ", unlabelled: OOD detection only"
+        title = f"{spec['name']} ({kind}, n = {rows[0]['n']}): {source}"
         label_map = results.get("label_maps", {}).get(spec["name"])
         if label_map:
             title += f"; {label_map}"

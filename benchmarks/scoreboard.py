@@ -1,0 +1,215 @@
+"""Build BENCHMARKS.md, the scoreboard of every method, from the runner's result files alone.
+
+Each shift is one finished run of ``nlpcal bench`` (its ``results.json``); nothing is retrained::
+
+    python benchmarks/scoreboard.py \
+        --run "SST-2 → IMDb / Yelp / Amazon=benchmarks/results/sst2_overconfident_cpu" \
+        --out BENCHMARKS.md
+
+For each run: one row per method and variant (uncalibrated, each post-hoc calibrator, the seed
+ensembles) with in-domain accuracy, ECE ×100 with 10 bins (the Desai & Durrett protocol) and 15
+bins, in-domain and averaged over the shifted sets, Brier, NLL, AURC, OOD AUROC, and the change of
+the shifted-set ECE against plain fine-tuning with temperature scaling; mean ± standard deviation
+over seeds (ensembles are one value). A run whose recipe lists a cell that has no result fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+BASELINE = ("cross_entropy", "temperature")
+ENSEMBLE = "ensemble"
+
+
+def load_run(folder: str | Path) -> dict[str, Any]:
+    """A finished run's ``results.json``, checked to hold every cell its recipe lists."""
+    path = Path(folder) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the run has not finished")
+    results = json.loads(path.read_text())
+    recipe = results["recipe"]
+    have = {(c["method"], c["seed"]) for c in results["cells"]}
+    missing = [
+        f"{m['name']}/seed {s}"
+        for m in recipe["methods"]
+        for s in recipe["seeds"]
+        if (m["name"], s) not in have
+    ]
+    if missing:
+        raise ValueError(f"{path}: no result for the cells {missing}")
+    return results
+
+
+def _sets(results: Mapping[str, Any]) -> tuple[str, list[str]]:
+    data = results["recipe"]["data"]
+    return data["test"]["name"], [s["name"] for s in data["shifted"]]
+
+
+def _value(values: Mapping[str, Any], metric: str) -> float | None:
+    value = values.get(metric)
+    if value is None:
+        return None
+    return value["mean"] if isinstance(value, Mapping) else float(value)
+
+
+def _per_seed(
+    results: Mapping[str, Any], method: str, variant: str, metric: str, sets: Sequence[str]
+) -> list[float]:
+    """For each seed, ``metric`` averaged over ``sets``."""
+    values = []
+    for cell in results["cells"]:
+        if cell["method"] != method:
+            continue
+        per_set = [cell["metrics"][name][variant].get(metric) for name in sets]
+        if any(v is None for v in per_set):
+            return []
+        values.append(statistics.fmean(per_set))
+    return values
+
+
+def _ensemble_value(
+    results: Mapping[str, Any], method: str, variant: str, metric: str, sets: Sequence[str]
+) -> list[float]:
+    rows = {
+        r["set"]: r["values"]
+        for r in results["rows"]
+        if r["method"] == method and r["variant"] == variant
+    }
+    per_set = [_value(rows[name], metric) for name in sets if name in rows]
+    if len(per_set) != len(sets) or any(v is None for v in per_set):
+        return []
+    return [statistics.fmean(per_set)]
+
+
+def summarise(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per method and variant: ``{metric_where: [values over seeds]}``."""
+    test, shifted = _sets(results)
+    variants = [(m["name"], ["none", *m["posthoc"]]) for m in results["recipe"]["methods"]]
+    ensembles = len(results["recipe"]["seeds"]) > 1
+    rows = []
+    for method, names in variants:
+        for variant in names:
+            kinds = [(variant, _per_seed)]
+            if ensembles:
+                label = ENSEMBLE if variant == "none" else f"{ENSEMBLE}+{variant}"
+                kinds.append((label, _ensemble_value))
+            for label, read in kinds:
+                row: dict[str, Any] = {"method": method, "variant": label}
+                for metric in ("accuracy", "ece_10", "ece", "brier", "nll", "aurc"):
+                    row[f"{metric}_in"] = read(results, method, label, metric, [test])
+                    row[f"{metric}_out"] = read(results, method, label, metric, shifted)
+                row["ood_auroc"] = read(results, method, label, "ood_auroc", shifted)
+                rows.append(row)
+    return rows
+
+
+def _fmt(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+    if not values:
+        return "–"
+    mean = statistics.fmean(values) * scale
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def _delta(values: Sequence[float], baseline: Sequence[float]) -> str:
+    if not values or not baseline:
+        return "–"
+    change = statistics.fmean(values) / statistics.fmean(baseline) - 1
+    return f"{100 * change:+.0f} %"
+
+
+def section(title: str, folder: str | Path, results: Mapping[str, Any]) -> str:
+    """The markdown section of one run: provenance, the table and a ranking."""
+    rows = summarise(results)
+    env = results["environment"]
+    baseline = next(
+        (r for r in rows if (r["method"], r["variant"]) == BASELINE), {"ece_10_out": []}
+    )
+    seconds = sum(c.get("seconds", 0) for c in results["cells"])
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    test, shifted = _sets(results)
+    lines = [
+        f"## {title}",
+        "",
+        f"- Run: `{folder}` — command `{env['command']}`",
+        f"- Device: {'; '.join(env['devices'])}; python {env['python']}, {versions}",
+        f"- Wall time of the cells: {seconds / 60:.0f} min; seeds "
+        f"{', '.join(map(str, results['recipe']['seeds']))}",
+        f"- In-domain: `{test}`; shifted (averaged): {', '.join(f'`{s}`' for s in shifted)}",
+        "",
+        "| method | variant | accuracy | ECE×100 in | ECE×100 shifted | Δ shifted ECE vs CE+TS "
+        "| ECE-15×100 in | ECE-15×100 shifted | Brier shifted | NLL shifted | AURC in "
+        "| OOD AUROC |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| `{r['method']}` | {r['variant']} | {_fmt(r['accuracy_in'], 100, 1)} "
+            f"| {_fmt(r['ece_10_in'], 100)} | {_fmt(r['ece_10_out'], 100)} "
+            f"| {_delta(r['ece_10_out'], baseline['ece_10_out'])} "
+            f"| {_fmt(r['ece_in'], 100)} | {_fmt(r['ece_out'], 100)} "
+            f"| {_fmt(r['brier_out'], 1, 3)} | {_fmt(r['nll_out'], 1, 3)} "
+            f"| {_fmt(r['aurc_in'], 1, 3)} | {_fmt(r['ood_auroc'], 1, 3)} |"
+        )
+    ranked = sorted(
+        (r for r in rows if r["ece_10_out"] and not r["variant"].startswith(ENSEMBLE)),
+        key=lambda r: statistics.fmean(r["ece_10_out"]),
+    )
+    lines += ["", "Ranking by shifted-set ECE (10 bins), single models:"]
+    lines += [
+        f"{i}. `{r['method']}` {r['variant']}: {_fmt(r['ece_10_out'], 100)} "
+        f"(accuracy {_fmt(r['accuracy_in'], 100, 1)})"
+        for i, r in enumerate(ranked, 1)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def scoreboard(runs: Mapping[str, str | Path], preamble: str = "") -> str:
+    """The whole BENCHMARKS.md from the named run folders."""
+    parts = [
+        "# Benchmarks: the scoreboard",
+        "",
+        "Generated from result files by `python benchmarks/scoreboard.py` (see its docstring); "
+        "do not edit by hand. ECE ×100 with 10 equal-width bins follows Desai & Durrett (2020); "
+        "'shifted' averages the shifted sets of a run. Mean ± standard deviation over seeds; "
+        "ensemble rows average the seeds' probabilities and are one value. Δ is the relative "
+        "change of the shifted-set ECE against plain fine-tuning with temperature scaling "
+        "(`cross_entropy` temperature).",
+        "",
+    ]
+    if preamble:
+        parts += [preamble.strip(), ""]
+    parts += [section(title, folder, load_run(folder)) for title, folder in runs.items()]
+    return "\n".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--run",
+        action="append",
+        required=True,
+        help="TITLE=FOLDER of a finished run (repeat, in order)",
+    )
+    parser.add_argument("--preamble", type=Path, help="a markdown file placed after the title")
+    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    args = parser.parse_args(argv)
+    runs = {}
+    for spec in args.run:
+        title, sep, folder = spec.rpartition("=")
+        if not sep or not title:
+            parser.error(f"--run takes TITLE=FOLDER, got {spec!r}")
+        runs[title] = folder
+    preamble = args.preamble.read_text() if args.preamble else ""
+    args.out.write_text(scoreboard(runs, preamble))
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Tables over seeds and ensembles: a cell's metrics, the seed ensembles, ``results.json``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nlpcal.bench.recipe import NONE, Recipe
+from nlpcal.bench.report import COLUMNS, html_report, markdown_report
+from nlpcal.bench.store import (
+    Outputs,
+    cell_folder,
+    environment,
+    load_predictions,
+    read_result,
+    write_json,
+)
+from nlpcal.functional.metrics import evaluation_metrics, expected_calibration_error
+from nlpcal.functional.ood import ood_detection_metrics
+from nlpcal.functional.predictive import predictive_ood_score, split_confidence
+
+__all__ = ["METRICS", "set_metrics", "shift_metrics", "write_results"]
+
+ENSEMBLE = "ensemble"
+METRICS = tuple(COLUMNS)  # keys of the metric vocabulary (nlpcal.metrics.vocabulary)
+
+
+def shift_metrics(
+    class_probs: Any, labels: Any | None, ood: Any | None = None, in_domain_ood: Any | None = None
+) -> dict[str, float]:
+    """The benchmark's metrics of one set: accuracy, ECE (10 and, as ``ece``, 15 bins), Brier,
+    NLL, AURC and, when the OOD scores of this set and of the in-domain set are given, the OOD
+    AUROC of this set against the in-domain set (in-domain as positive). An unlabelled set
+    (``labels=None``) has only the OOD AUROC.
+
+    ``class_probs`` rows sum to one, or hold SLOVA's unnormalised confidences: ECE and AURC read the
+    top-label confidence ``max_k class_probs``, Brier and NLL the renormalised rows (see
+    :mod:`nlpcal.functional.predictive`).
+
+    >>> probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    >>> conf = probs.max(dim=1).values
+    >>> values = shift_metrics(probs, torch.tensor([0, 1, 1]), ood=conf, in_domain_ood=conf[:2])
+    >>> round(values["accuracy"], 4), round(values["ood_auroc"], 4)
+    (0.6667, 0.6667)
+    """
+    result = {}
+    if labels is not None:
+        probs, confidence = split_confidence(torch.as_tensor(class_probs))
+        labels = torch.as_tensor(labels)
+        values = evaluation_metrics(probs, labels, n_bins=15, confidence=confidence)
+        result = {
+            "accuracy": values["accuracy"],
+            "ece_10": expected_calibration_error(probs, labels, n_bins=10, confidence=confidence),
+            "ece": values["ece"],
+            "brier": values["brier"],
+            "nll": values["nll"],
+            "aurc": values["aurc"],
+        }
+    if in_domain_ood is not None:
+        result["ood_auroc"] = ood_detection_metrics(in_domain_ood, ood)["auroc"]
+    return {key: float(value) for key, value in result.items()}
+
+
+def set_metrics(outputs: Outputs, test: str) -> dict[str, dict[str, dict[str, float]]]:
+    """``metrics[set][variant]``; shifted sets are scored for OOD against the same variant in-domain."""
+    return {
+        name: {
+            variant: shift_metrics(
+                p,
+                outputs.labels.get(name),
+                outputs.ood[name][variant],
+                None if name == test else outputs.ood[test][variant],
+            )
+            for variant, p in variants.items()
+        }
+        for name, variants in outputs.probs.items()
+    }
+
+
+def write_results(recipe: Recipe, out: Path) -> dict[str, Any]:
+    """Aggregate the finished cells over seeds, score the seed ensembles, and write
+    ``results.json``, ``results.md``, ``report.html`` and the reliability diagrams."""
+    from nlpcal.metrics.plots import reliability_diagram
+
+    cells, rows, figures = [], [], {}
+    test = recipe.data.test.name
+    kinds = {s.name: "in-domain" if s.name == test else "shifted" for s in recipe.eval_sets}
+    seeds = list(recipe.seeds)
+    for method in recipe.methods:
+        folders = [cell_folder(out, method, seed) for seed in seeds]
+        results = [read_result(f) for f in folders]
+        cells += results
+        members = [load_predictions(f, recipe.ood_score.value) for f in folders]
+        table = {
+            name: {
+                variant: {
+                    m: _mean_std([r["metrics"][name][variant].get(m) for r in results])
+                    for m in METRICS
+                }
+                for variant in method.variants
+            }
+            for name in kinds
+        }
+        if len(members) > 1:
+            ensemble = _ensemble(members, method.variants, recipe.ood_score.value)
+            for name, variants in set_metrics(ensemble, test).items():
+                table[name].update(variants)
+        for name, kind in kinds.items():
+            n = len(members[0].probs[name][NONE])
+            rows += [
+                {
+                    "method": method.name,
+                    "set": name,
+                    "kind": kind,
+                    "n": n,
+                    "variant": variant,
+                    "seeds": seeds,
+                    "values": values,
+                }
+                for variant, values in table[name].items()
+            ]
+        for variant in method.variants:
+            path = out / f"reliability_{method.name}_{variant}.png"
+            curves = {}
+            for name in (n for n in kinds if n in members[0].labels):  # labelled sets
+                probs, confidence = split_confidence(
+                    torch.as_tensor(np.concatenate([m.probs[name][variant] for m in members]))
+                )
+                labels = np.concatenate([m.labels[name] for m in members])
+                curves[f"{name} ({kinds[name]})"] = (probs, labels, confidence)
+            label = "uncalibrated" if variant == NONE else variant
+            title = f"{method.name}, {label} ({len(members)} seeds pooled)"
+            reliability_diagram(curves, n_bins=15, path=path, title=title)
+            figures[f"{method.name}: {label}"] = path
+    results = {
+        "recipe": recipe.to_dict(),
+        "label_maps": {k: v for c in cells for k, v in c.get("label_maps", {}).items()},
+        "environment": environment(sorted({c["device"] for c in cells})),
+        "cells": cells,
+        "rows": rows,
+    }
+    write_json(out / "results.json", results)
+    (out / "results.md").write_text(markdown_report(results))
+    (out / "report.html").write_text(html_report(results, figures))
+    return results
+
+
+def _ensemble(members: Sequence[Outputs], variants: Sequence[str], method: str) -> Outputs:
+    """The seed ensemble: class probabilities averaged over members; its OOD score is the score
+    of the averaged probabilities, except ``energy`` (a function of logits, which an average of
+    probabilities does not keep): the members' mean."""
+    first = members[0]
+    probs: dict[str, dict[str, np.ndarray]] = {}
+    ood: dict[str, dict[str, np.ndarray]] = {}
+    for name in first.probs:
+        probs[name], ood[name] = {}, {}
+        for variant in variants:
+            mean = np.mean([m.probs[name][variant] for m in members], axis=0)
+            key = ENSEMBLE if variant == NONE else f"{ENSEMBLE}+{variant}"
+            probs[name][key] = mean
+            if method == "energy":
+                ood[name][key] = np.mean([m.ood[name][variant] for m in members], axis=0)
+            else:
+                log_probs = torch.as_tensor(mean).clamp_min(1e-45).log()
+                ood[name][key] = predictive_ood_score(log_probs, method, normalized=False).numpy()
+    return Outputs(probs, ood, first.labels)
+
+
+def _mean_std(values: Sequence[float | None]) -> dict[str, float | None] | None:
+    """Mean and sample standard deviation (ddof=1; ``None`` for one seed) over seeds."""
+    if values[0] is None:
+        return None
+    array = np.asarray(values, dtype=np.float64)
+    std = float(array.std(ddof=1)) if len(array) > 1 else None
+    return {"mean": float(array.mean()), "std": std}

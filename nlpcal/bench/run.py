@@ -1,0 +1,267 @@
+"""Running a recipe: one fine-tuning run per method × seed (a *cell*), resumable.
+
+For each cell :func:`run_bench` fine-tunes a fresh classifier (:func:`train_calibrated`), the
+trainer fits the method's post-hoc calibrators on the calibration data, and the cell stores the
+class probabilities and OOD scores of every variant on every set (:mod:`nlpcal.bench.store`).
+An interrupted run resumes in the same folder: finished cells are kept, missing ones are run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nlpcal.args import CalibrationArguments
+from nlpcal.bench.collect import set_metrics, write_results
+from nlpcal.bench.recipe import Method, Recipe
+from nlpcal.bench.store import (
+    MODEL_DIR,
+    RESULT_NAME,
+    Outputs,
+    cell_folder,
+    check_resumable,
+    device_name,
+    save_predictions,
+    write_json,
+    write_recipe,
+)
+from nlpcal.data import LabelMap, corrupt_dataset
+from nlpcal.data.prepare import load_tokenizer, resolve_model_path, subsample, tokenize
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from nlpcal.trainer import CalibratedTrainer
+
+__all__ = ["run_bench", "train_calibrated"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_bench(
+    recipe: Recipe, output_dir: str | os.PathLike[str], resume: bool = True
+) -> dict[str, Any]:
+    """Run every cell of ``recipe`` that is not finished, then write the report.
+
+    Args:
+        recipe: the benchmark (see :func:`~nlpcal.bench.load_recipe`).
+        output_dir: the run folder (see :mod:`nlpcal.bench.store`).
+        resume: keep the finished cells of an earlier run of the same recipe (it may have gained
+            methods or seeds since). ``False`` deletes the folder's cells and starts over.
+
+    Returns:
+        The content of ``results.json``: the recipe, the environment, every cell's metrics and
+        the aggregated rows.
+
+    Raises:
+        ValueError: on resume, the folder holds a run of a recipe that differs in more than added
+            methods or seeds; or bad data (unknown source, empty split).
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        check_resumable(recipe, out)
+    else:
+        shutil.rmtree(out / "cells", ignore_errors=True)
+    write_recipe(recipe, out)
+    cells = [(method, seed) for method in recipe.methods for seed in recipe.seeds]
+    data = None
+    for index, (method, seed) in enumerate(cells, 1):
+        folder = cell_folder(out, method, seed)
+        tag = f"cell {index}/{len(cells)}: {method.name}, seed {seed}"
+        if (folder / RESULT_NAME).is_file():
+            logger.info("%s: finished earlier, kept", tag)
+            continue
+        if data is None:
+            logger.info("loading and tokenizing the data of %s", recipe.name)
+            data = _load_data(recipe)
+        logger.info("%s: training", tag)
+        folder.mkdir(parents=True, exist_ok=True)
+        _run_cell(recipe, method, seed, data, folder)
+    return write_results(recipe, out)
+
+
+@dataclass
+class _Data:
+    tokenizer: PreTrainedTokenizerBase
+    train: Dataset
+    calibration: Dataset
+    sets: dict[str, Dataset]
+    label_maps: dict[str, LabelMap]
+
+
+def _load_data(recipe: Recipe) -> _Data:
+    """Load, slice, corrupt and tokenize every split once; every cell uses the same data.
+
+    The label set is the recipe's ``labels``, else the task's, else the training data's; the
+    calibration split and every evaluation set without a ``label_map`` are re-encoded onto it by
+    name, a set with a ``label_map`` keeps its own labels and a :class:`LabelMap`, and an
+    unlabelled set has no labels.
+    """
+    data, slicing, data_dir = recipe.data, recipe.slicing, recipe.data_dir
+    seed, n_eval = slicing.seed, slicing.max_eval_samples
+    full = data.train.load(recipe.task, data_dir, recipe.labels, "data.train")
+    names = full.features["label"].names
+    if data.calibration.holdout is not None:
+        split = full.train_test_split(test_size=data.calibration.holdout, seed=seed)
+        train, calibration = split["train"], split["test"]
+    else:
+        train = full
+        calibration = data.calibration.load(None, data_dir, names, "data.calibration")
+    train = subsample(train, slicing.max_train_samples, seed)
+    calibration = subsample(calibration, n_eval, seed)
+    sets, label_maps = {}, {}
+    for spec in recipe.eval_sets:
+        if not spec.labeled:
+            dataset = spec.load(None, data_dir, None, spec.name, require_labels=False)
+            if "label" in dataset.column_names:
+                dataset = dataset.remove_columns("label")
+        elif spec.label_map is None:
+            dataset = spec.load(None, data_dir, names, spec.name)
+        else:
+            dataset = spec.load(None, data_dir, None, spec.name)
+            set_names = dataset.features["label"].names
+            label_maps[spec.name] = LabelMap(names, set_names, spec.label_map)
+        dataset = subsample(dataset, n_eval, seed)
+        if spec.corrupt is not None:
+            dataset = corrupt_dataset(dataset, **spec.corrupt.to_dict())
+        sets[spec.name] = dataset
+    tokenizer = load_tokenizer(recipe.model)
+    return _Data(
+        tokenizer=tokenizer,
+        train=tokenize(train, tokenizer, recipe.max_length),
+        calibration=tokenize(calibration, tokenizer, recipe.max_length),
+        sets={name: tokenize(ds, tokenizer, recipe.max_length) for name, ds in sets.items()},
+        label_maps=label_maps,
+    )
+
+
+def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Path) -> None:
+    """Train one cell (the trainer fits its calibrators), predict every set with every variant;
+    write the predictions, then the result."""
+    start = time.time()
+    args = recipe.training_arguments(method, seed, folder)
+    trainer = train_calibrated(recipe.model, args, data.train, data.calibration, data.tokenizer)
+    outputs = Outputs({}, {}, {})
+    for name, dataset in data.sets.items():
+        label_map = data.label_maps.get(name)
+        if label_map is not None:  # labels in the set's own space: scored after the map
+            outputs.labels[name] = np.asarray(dataset["label"])
+            dataset = dataset.remove_columns("label")
+        preds = trainer.predictions(dataset, name)
+        if label_map is None and preds.labels is not None:
+            outputs.labels[name] = preds.labels.numpy()
+        variants = trainer.variant_outputs(preds)
+        outputs.probs[name] = {
+            v: (
+                out.class_probs if label_map is None else label_map.apply_probs(out.class_probs)
+            ).numpy()
+            for v, out in variants.items()
+        }
+        outputs.ood[name] = {v: out.ood.numpy() for v, out in variants.items()}
+    if recipe.save_model:
+        trainer.save_model(str(folder / MODEL_DIR))
+    train_log = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), {})
+    save_predictions(folder, outputs)
+    write_json(
+        folder / RESULT_NAME,
+        {
+            "method": method.name,
+            "seed": seed,
+            "metrics": set_metrics(outputs, recipe.data.test.name),
+            "train": train_log,
+            "seconds": round(time.time() - start, 1),
+            "device": device_name(trainer.args.device),
+            "label_maps": {name: m.describe() for name, m in data.label_maps.items()},
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+
+
+def train_calibrated(
+    model_name_or_path: str,
+    args: CalibrationArguments,
+    train: Dataset,
+    calibration: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_dataset: dict[str, Dataset] | None = None,
+) -> CalibratedTrainer:
+    """Fine-tune a freshly loaded classifier with the loss of ``args``, then fit its post-hoc
+    calibrators on ``calibration``.
+
+    The random state is seeded with ``args.seed`` before the classification head is created, so a
+    seed fixes the whole run. ``train`` and ``calibration`` are tokenized
+    (:func:`~nlpcal.data.prepare.tokenize`); the
+    label names come from ``train``'s ``label`` feature.
+    """
+    from transformers import set_seed
+
+    from nlpcal.trainer import CalibratedTrainer
+
+    set_seed(args.seed)
+    model = _load_classifier(model_name_or_path, train.features["label"].names)
+    trainer = CalibratedTrainer(
+        model,
+        args,
+        train_dataset=train,
+        eval_dataset=eval_dataset,
+        calibration_dataset=calibration,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    return trainer
+
+
+def _load_classifier(model_name_or_path: str, label_names: Sequence[str]) -> PreTrainedModel:
+    """A sequence classifier with ``label_names``, quietly when only its head is new.
+
+    A classifier built on a base encoder gets a freshly initialised head (and drops the
+    checkpoint's own pretraining head), which transformers reports on every load. That report
+    is held back and shown only when something else went wrong: weights of the encoder itself
+    missing from, or unexpected in, the checkpoint. The progress bar of the load is off.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    load_logger = logging.getLogger("transformers.modeling_utils")
+    held: list[logging.LogRecord] = []
+
+    def hold_report(record: logging.LogRecord) -> bool:
+        if record.funcName == "log_state_dict_report":
+            held.append(record)
+            return False
+        return True
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    load_logger.addFilter(hold_report)
+    only_head = False
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model_path(model_name_or_path),
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={n: i for i, n in enumerate(label_names)},
+            output_loading_info=True,
+        )
+        encoder = model.base_model_prefix
+        only_head = bool(encoder) and not any(
+            key.startswith(f"{encoder}.") for key in info["missing_keys"] | info["unexpected_keys"]
+        )
+    finally:
+        load_logger.removeFilter(hold_report)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if not only_head:
+            for record in held:
+                load_logger.handle(record)
+    return model
