@@ -224,13 +224,15 @@ def test_bench_reports_a_missing_recipe(tmp_path, capsys):
 
 @pytest.fixture
 def fake_run(monkeypatch) -> list:
-    """Replaces the runner: records (recipe, output folder, resume) and writes a results.md."""
+    """Replaces the runner: records (recipe, output folder, resume), writes a results.md and
+    returns results without rows."""
     calls = []
 
     def run(recipe, output_dir, resume=True):
         calls.append((recipe, output_dir, resume))
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "results.md").write_text("| table |\n")
+        return {"recipe": recipe.to_dict(), "rows": []}
 
     monkeypatch.setattr(bench, "run_bench", run)
     return calls
