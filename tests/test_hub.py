@@ -19,7 +19,7 @@ from huggingface_hub.errors import (
 
 from nlpcal import CalibratedTrainer, load_calibrated
 from nlpcal.hub import HubError
-from tests.test_trainer import make_args, signal_dataset, tiny_model
+from tests.test_trainer import calibrated_trainer, make_args, signal_dataset, tiny_model
 
 CALIBRATOR = "calibrators/temperature"  # where the trained fixture's calibrator is saved
 
@@ -290,21 +290,12 @@ def test_calibrator_weights_of_another_calibrator_are_named(trained, tmp_path):
     ],
 )
 def test_trained_model_round_trips_through_load_calibrated(tmp_path, loss, posthoc, calibrator):
-    args = make_args(
+    trainer = calibrated_trainer(
         tmp_path,
         calibration_loss=loss,
         posthoc=posthoc,
         posthoc_kwargs={"encoder_hidden": [64, 32, 32]} if posthoc == "adats" else None,
-        calibration_set="dev",
-        max_steps=4,
     )
-    trainer = CalibratedTrainer(
-        tiny_model("bert"),
-        args,
-        train_dataset=signal_dataset(32),
-        eval_dataset={"dev": signal_dataset(48, seed=3)},
-    )
-    trainer.train()
     assert trainer.calibrator.name == calibrator
     trainer.save_model(str(tmp_path / "saved"))
     test = signal_dataset(8, seed=5)
@@ -317,19 +308,9 @@ def test_trained_model_round_trips_through_load_calibrated(tmp_path, loss, posth
 
 
 def test_several_calibrators_round_trip_with_the_active_one_loaded_by_default(tmp_path):
-    args = make_args(
-        tmp_path,
-        calibration_set="dev",
-        posthoc=["temperature", "vector"],
-        active_calibrator="vector",
+    trainer = calibrated_trainer(
+        tmp_path, posthoc=["temperature", "vector"], active_calibrator="vector"
     )
-    trainer = CalibratedTrainer(
-        tiny_model("bert"),
-        args,
-        train_dataset=signal_dataset(32),
-        eval_dataset={"dev": signal_dataset(48, seed=3)},
-    )
-    trainer.train()
     trainer.evaluate()
     trainer.create_model_card(model_name="tiny")
     card = (tmp_path / "out" / "README.md").read_text()

@@ -10,20 +10,12 @@ import torch
 import nlpcal.hub
 from nlpcal import CalibratedModel, CalibratedTrainer, load_calibrated
 from nlpcal.posthoc import Calibrator, create_calibrator
-from tests.test_trainer import make_args, signal_dataset, tiny_model
+from tests.test_trainer import calibrated_trainer, signal_dataset, tiny_model
 
 
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory):
-    args = make_args(tmp_path_factory.mktemp("train"), calibration_set="dev", max_steps=4)
-    trainer = CalibratedTrainer(
-        tiny_model("bert"),
-        args,
-        train_dataset=signal_dataset(32),
-        eval_dataset={"dev": signal_dataset(32, seed=3)},
-    )
-    trainer.train()
-    return trainer
+    return calibrated_trainer(tmp_path_factory.mktemp("train"))
 
 
 @pytest.fixture

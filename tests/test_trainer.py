@@ -60,6 +60,19 @@ def make_args(tmp_path, **overrides) -> CalibrationArguments:
     return CalibrationArguments(**defaults)
 
 
+def calibrated_trainer(tmp_path, n_train: int = 32, **overrides) -> CalibratedTrainer:
+    """A tiny BERT trained for a few steps, its post-hoc calibrators fitted on a held-out set."""
+    args = make_args(tmp_path, calibration_set="dev", **{"max_steps": 4, **overrides})
+    trainer = CalibratedTrainer(
+        tiny_model("bert"),
+        args,
+        train_dataset=signal_dataset(n_train),
+        eval_dataset={"dev": signal_dataset(48, seed=3)},
+    )
+    trainer.train()
+    return trainer
+
+
 def params(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
