@@ -164,6 +164,12 @@ def test_train_reports_bad_data_found_during_the_run(model_dir, tmp_path, capsys
     assert last.startswith(f"nlpcal: error: {data}:3: unknown label 'awful' in column 'label'")
 
 
+def test_train_reports_a_model_folder_that_does_not_exist(model_dir, tmp_path, capsys):
+    path = write_config(tmp_path / "cell.yaml", one_cell_recipe(tmp_path / "missing_model"))
+    err = user_error(["train", "--config", path], capsys)
+    assert f"model '{tmp_path / 'missing_model'}': no such folder" in err
+
+
 def test_train_reports_a_hub_dataset_it_cannot_download(model_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     recipe = one_cell_recipe(model_dir)

