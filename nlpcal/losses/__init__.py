@@ -8,6 +8,7 @@ from nlpcal.losses.base import (
     list_losses,
     register_loss,
 )
+from nlpcal.losses.cme import CMELoss
 from nlpcal.losses.cross_entropy import CrossEntropyLoss
 from nlpcal.losses.double_head import DoubleHeadLoss, TemperatureHead
 from nlpcal.losses.label_smoothing import LabelSmoothingLoss
@@ -16,6 +17,7 @@ from nlpcal.losses.ova import OneVsAllLoss
 from nlpcal.losses.regmixup import MixSite, RegMixupLoss
 
 __all__ = [
+    "CMELoss",
     "CalibrationLoss",
     "CrossEntropyLoss",
     "DoubleHeadLoss",

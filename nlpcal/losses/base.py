@@ -116,6 +116,10 @@ class CalibrationLoss:
     * ``extra_inputs``: batch keys the loss consumes that the model must not receive.
     * ``deterministic``: the loss is a deterministic function of model and batch (no sampling),
       so gradient accumulation reproduces a large batch.
+    * ``matches_large_batch``: the loss of a batch is the sum of its examples' terms, so
+      accumulating micro-batches reproduces one large batch exactly. ``False`` for losses that
+      couple the examples of a micro-batch by design (CME's pairs), whose micro-batch terms are
+      weighted with :meth:`LossContext.batch_weight` instead.
     * ``default_calibrator``: the registered post-hoc calibrator that suits the method's outputs.
     * ``normalized``: the softmax of :meth:`transform_logits` is the predictive distribution.
       ``False`` means they are unnormalised log class confidences (SLOVA's ``log q``), whose
@@ -127,6 +131,7 @@ class CalibrationLoss:
     requires_embeddings: ClassVar[bool] = False
     extra_inputs: ClassVar[tuple[str, ...]] = ()
     deterministic: ClassVar[bool] = True
+    matches_large_batch: ClassVar[bool] = True
     default_calibrator: ClassVar[str] = "temperature"
     normalized: ClassVar[bool] = True
 

@@ -26,9 +26,17 @@ from tests.conftest import NUM_LABELS, tiny_batch, tiny_model
 # Every registered loss with its defaults, plus the non-default mixing site of RegMixup.
 CASES = [pytest.param(name, {}, id=name) for name in list_losses()] + [
     pytest.param("regmixup", {"mix_site": "hidden"}, id="regmixup-hidden"),
+    pytest.param("cme", {"method": "saliency"}, id="cme-saliency"),
+    pytest.param("cme", {"through_attention": True}, id="cme-through-attention"),
 ]
 STRENGTH_CASES = [c for c in CASES if create_loss(c.values[0], **c.values[1]).strength]
-DETERMINISTIC_CASES = [c for c in CASES if create_loss(c.values[0], **c.values[1]).deterministic]
+# Losses whose accumulated micro-batches reproduce one large batch; the others couple the examples
+# of a micro-batch by design (mixup partners, CME's pairs) and have their own accumulation tests.
+LARGE_BATCH_CASES = [
+    c
+    for c in CASES
+    if (loss := create_loss(c.values[0], **c.values[1])).deterministic and loss.matches_large_batch
+]
 ARCHS = ["bert", "roberta", "distilbert"]
 
 
@@ -111,9 +119,24 @@ def test_same_seed_same_loss(name, kwargs, arch) -> None:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize(("name", "kwargs"), DETERMINISTIC_CASES)
+@pytest.mark.parametrize(("name", "kwargs"), LARGE_BATCH_CASES)
 def test_gradient_accumulation_matches_one_large_batch(name, kwargs, arch) -> None:
     assert_accumulation_matches_one_large_batch(name, kwargs, arch)
+
+
+DETERMINISTIC_CASES = [c for c in CASES if create_loss(c.values[0], **c.values[1]).deterministic]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize(("name", "kwargs"), DETERMINISTIC_CASES)
+def test_each_micro_batch_carries_its_share_of_the_accumulated_batch(name, kwargs, arch) -> None:
+    """What gradient accumulation means for every loss, also those coupling a micro-batch's
+    examples: a micro-batch of 4 in an accumulated batch of 8 is its own loss times 4/8."""
+    loss, model = prepared(name, kwargs, arch)
+    micro = tiny_batch(batch_size=4, seed=1)
+    alone = loss(model, micro, LossContext(num_items_in_batch=None, progress=0.2)).loss
+    share = loss(model, micro, LossContext(num_items_in_batch=torch.tensor(8), progress=0.2)).loss
+    torch.testing.assert_close(share, alone * 4 / 8, atol=1e-6, rtol=1e-5)
 
 
 # A mixup loss pairs each example with a partner from its own micro-batch, so accumulating 2 × 4
@@ -213,6 +236,17 @@ def test_registering_a_taken_name_raises_and_keeps_the_first() -> None:
         ("double_head", {"head_weight": -1.0}, "head_weight", "-1.0"),
         ("double_head", {"anneal_fraction": 1.5}, "anneal_fraction", "1.5"),
         ("double_head", {"eps": 1.0}, "eps", "1.0"),
+        ("cme", {"lam": -1.0}, "lam", "-1.0"),
+        ("cme", {"base": "ova"}, "base", "'ova'"),
+        ("cme", {"method": "lime"}, "lime", "attention_gradient, input_x_gradient"),
+        ("cme", {"method": "saliency", "through_attention": True}, "through_attention", "saliency"),
+        (
+            "cme",
+            {"method": "integrated_gradients", "method_kwargs": {"n_steps": 0}},
+            "n_steps",
+            "0",
+        ),
+        ("cme", {"base": "label_smoothing", "base_kwargs": {"alpha": 2.0}}, "alpha", "2.0"),
     ],
 )
 def test_bad_hyper_parameters_raise_naming_the_value(name, kwargs, arg, bad) -> None:
