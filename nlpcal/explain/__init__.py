@@ -17,6 +17,7 @@ from nlpcal.explain.captum import (
     IntegratedGradientsAttribution,
     SaliencyAttribution,
 )
+from nlpcal.explain.heatmap import TokenExplanation, explain_texts, render_html, render_terminal
 
 __all__ = [
     "AttentionGradientAttribution",
@@ -25,9 +26,13 @@ __all__ = [
     "Recording",
     "SaliencyAttribution",
     "TokenAttribution",
+    "TokenExplanation",
     "attention_mask_of",
     "create_attribution",
+    "explain_texts",
     "first_token_attention_attribution",
     "list_attributions",
     "register_attribution",
+    "render_html",
+    "render_terminal",
 ]

@@ -154,6 +154,12 @@ class TokenAttribution:
             inputs: model inputs (``input_ids``, ``attention_mask``, ...); ``labels`` is ignored.
             target: class per example; default the predicted class.
         """
+        return self.explain(model, inputs, target)[0]
+
+    def explain(
+        self, model: nn.Module, inputs: Mapping[str, Any], target: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Like calling the method, but also returns the logits ``(B, K)`` of the forward pass."""
         self.check_model(model)
         inputs = {k: v for k, v in inputs.items() if k != "labels"}
         attention_mask_of(inputs)
@@ -163,7 +169,8 @@ class TokenAttribution:
             if target is None:
                 target = logits.argmax(dim=-1)
             objective = F.cross_entropy(logits.float(), target, reduction="sum")
-            return self.attribute(model, inputs, target, objective, recorded).detach()
+            attributions = self.attribute(model, inputs, target, objective, recorded)
+        return attributions.detach(), logits.detach()
 
     def scores(
         self, model: nn.Module, inputs: Mapping[str, Any], target: Tensor | None = None
