@@ -1,4 +1,4 @@
-"""The ``nlpcal`` command: ``train``, ``bench``, ``demo`` and ``list``.
+"""The ``nlpcal`` command: ``train``, ``bench``, ``demo``, ``explain`` and ``list``.
 
 ``nlpcal train --config recipes/<name>.yaml [--method NAME] [--seed N] [--key value ...]`` runs one
 method and one seed of a recipe (:mod:`nlpcal.bench`, the same runner, files and numbers as
@@ -13,6 +13,10 @@ and a report. Re-run with the same output folder, it resumes: finished cells are
 bundled SST-2 sample, cross-entropy and label smoothing with temperature scaling, two seeds, tested
 in-domain and on IMDb, Yelp and Amazon sentences. ``--loss`` replaces the methods with that loss
 and its post-hoc calibrator.
+
+``nlpcal explain --model DIR --texts in_domain.txt ood.txt [--method NAME] [--html FILE]`` shows
+why the model is unsure: each text's prediction with its tokens shaded by their attribution
+(:mod:`nlpcal.explain`), one column per file, in the terminal and as a self-contained HTML page.
 """
 
 from __future__ import annotations
@@ -69,7 +73,32 @@ def main(argv: list[str] | None = None) -> int:
             help="keep the finished cells of an earlier run in the output folder (default); "
             "--no-resume deletes them and starts over",
         )
-    sub.add_parser("list", help="list the registered losses and calibrators")
+    explain = sub.add_parser(
+        "explain",
+        help="why is the model unsure: token attributions of texts, as text and HTML",
+        description="Explain the model's prediction on each text: its tokens shaded by their "
+        "attribution, one column per file.",
+    )
+    explain.add_argument("--model", required=True, help="a classifier folder (with tokenizer)")
+    explain.add_argument(
+        "--texts",
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="text files, one text per line, optionally 'text<TAB>label'; one column each",
+    )
+    explain.add_argument(
+        "--method", default="attention_gradient", help="an attribution method (`nlpcal list`)"
+    )
+    explain.add_argument("--max-texts", type=int, default=8, help="texts per file (default 8)")
+    explain.add_argument("--html", help="also write the heat map to this HTML file")
+    explain.add_argument(
+        "--color",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="shade tokens with ANSI colours (default: when printing to a terminal)",
+    )
+    sub.add_parser("list", help="list the registered losses, calibrators and attributions")
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "train":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -86,11 +115,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, rest: list[str]) -> None:
     if args.command == "list":
+        from nlpcal.explain import list_attributions
         from nlpcal.losses import list_losses
         from nlpcal.posthoc import list_calibrators
 
         print("losses:     ", ", ".join(list_losses()))
         print("calibrators:", ", ".join(list_calibrators()))
+        print("attributions:", ", ".join(list_attributions()))
+        return
+    if args.command == "explain":
+        _explain(args)
         return
     from nlpcal.bench import Method, demo_recipe, load_recipe, run_bench, single_cell
 
@@ -115,6 +149,68 @@ def _run(args: argparse.Namespace, rest: list[str]) -> None:
     report = Path(output_dir) / "results.md"
     print(f"\n{headline(results)}\nFull report: {report} (and report.html beside it)\n")
     print(report.read_text())
+
+
+def _explain(args: argparse.Namespace) -> None:
+    """``nlpcal explain``: read the text files, explain, print and optionally write HTML."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from nlpcal._io import write_text_atomic
+    from nlpcal.data.prepare import resolve_model_path
+    from nlpcal.explain import create_attribution, explain_texts, render_html, render_terminal
+
+    if args.max_texts < 1:
+        raise ValueError(f"--max-texts must be >= 1, got {args.max_texts}")
+    create_attribution(args.method)  # an unknown name fails before anything loads
+    names = [Path(f).name for f in args.texts]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--texts files name the columns, so their names must differ: {names}")
+    path = resolve_model_path(args.model)
+    config = AutoConfig.from_pretrained(path)
+    id2label = {int(k): v for k, v in (config.id2label or {}).items()}
+    label_names = [id2label.get(k, str(k)) for k in range(config.num_labels)]
+    inputs = {
+        n: _read_texts(Path(f), label_names, args.max_texts)
+        for n, f in zip(names, args.texts, strict=True)
+    }
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    groups = {
+        name: explain_texts(model, tokenizer, texts, labels=labels, method=args.method)
+        for name, (texts, labels) in inputs.items()
+    }
+    color = sys.stdout.isatty() if args.color is None else args.color
+    for name, explanations in groups.items():
+        print(f"== {name}\n{render_terminal(explanations, color=color, label_names=label_names)}\n")
+    if args.html:
+        write_text_atomic(args.html, render_html(groups, label_names=label_names))
+        print(f"wrote {args.html}")
+
+
+def _read_texts(
+    path: Path, label_names: list[str], limit: int
+) -> tuple[list[str], list[int] | None]:
+    """Up to ``limit`` non-empty lines of ``path``: ``text`` or ``text<TAB>label`` (a class
+    number or name); labels are returned only if every line has one."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{path} has no text: expected one text per line")
+    texts, labels = [], []
+    for number, line in enumerate(lines[:limit], start=1):
+        text, _, label = line.partition("\t")
+        texts.append(text.strip())
+        if label.strip():
+            label = label.strip()
+            if label.isdigit() and int(label) < len(label_names):
+                labels.append(int(label))
+            elif label in label_names:
+                labels.append(label_names.index(label))
+            else:
+                raise ValueError(
+                    f"{path}, line {number}: label {label!r} is neither a class number below "
+                    f"{len(label_names)} nor one of the model's labels {label_names}"
+                )
+    return texts, labels if len(labels) == len(texts) else None
 
 
 def _flag_pairs(flags: list[str]) -> dict[str, str]:

@@ -279,4 +279,40 @@ def test_help_lists_the_recipe_keys(command, capsys):
 def test_list_names_losses_and_calibrators(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "label_smoothing" in out and "temperature" in out
+    assert "label_smoothing" in out and "temperature" in out and "integrated_gradients" in out
+
+
+# -- nlpcal explain --------------------------------------------------------------------------------
+def test_explain_prints_each_file_and_writes_a_self_contained_heat_map(model_dir, tmp_path, capsys):
+    (tmp_path / "in.txt").write_text("a fine film\t1\nawful\tLABEL_0\n\nok then\t0\n")
+    (tmp_path / "ood.txt").write_text("the pasta was cold\n")
+    argv = ["explain", "--model", str(model_dir), "--texts", "in.txt", "ood.txt"]
+    assert main([*argv, "--max-texts", "2", "--html", "map.html", "--no-color"]) == 0
+    out = capsys.readouterr().out
+    assert "== in.txt" in out and "== ood.txt" in out and "wrote map.html" in out
+    assert out.count("strongest:") == 3  # two of the three in-domain texts, one OOD text
+    assert "label LABEL_1" in out and "label LABEL_0" in out and "\x1b[" not in out
+    page = (tmp_path / "map.html").read_text()
+    assert "grid-template-columns: repeat(2, 1fr)" in page and "<script" not in page
+    assert page.count('class="example"') == 3
+
+    assert main([*argv, "--color", "--method", "saliency"]) == 0
+    assert "\x1b[48;2;" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "lines", "message"),
+    [
+        (["--method", "lime"], "fine", "unknown attribution method 'lime'; available: attention_"),
+        ([], "fine\tgreat", "in.txt, line 1: label 'great' is neither a class number below 2"),
+        ([], "\n\n", "in.txt has no text"),
+        (["--max-texts", "0"], "fine", "--max-texts must be >= 1, got 0"),
+        (["./in.txt"], "fine", "their names must differ: ['in.txt', 'in.txt']"),
+    ],
+)
+def test_explain_reports_bad_input_as_a_user_error(
+    model_dir, tmp_path, capsys, extra, lines, message
+):
+    (tmp_path / "in.txt").write_text(lines)
+    argv = ["explain", "--model", str(model_dir), "--texts", "in.txt", *extra]
+    assert message in user_error(argv, capsys)
