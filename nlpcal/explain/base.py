@@ -80,7 +80,12 @@ class Recording:
 
 
 def attention_mask_of(inputs: Mapping[str, Any]) -> Tensor:
-    """The batch's attention mask ``(B, L)`` (all ones if absent); raises on an all-padding row."""
+    """The batch's attention mask ``(B, L)`` (all ones if absent); raises on an all-padding row.
+
+    >>> attention_mask_of({"input_ids": torch.zeros(2, 3, dtype=torch.long)})
+    tensor([[1, 1, 1],
+            [1, 1, 1]])
+    """
     ids = inputs.get("input_ids")
     if ids is None:
         ids = inputs.get("inputs_embeds")
