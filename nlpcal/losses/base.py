@@ -118,8 +118,9 @@ class CalibrationLoss:
       so gradient accumulation reproduces a large batch.
     * ``matches_large_batch``: the loss of a batch is the sum of its examples' terms, so
       accumulating micro-batches reproduces one large batch exactly. ``False`` for losses that
-      couple the examples of a micro-batch by design (CME's pairs), whose micro-batch terms are
-      weighted with :meth:`LossContext.batch_weight` instead.
+      couple the examples of a micro-batch by design (mixup partners, CME's pairs); each
+      micro-batch then carries its share of the accumulated batch
+      (:meth:`LossContext.batch_weight`).
     * ``default_calibrator``: the registered post-hoc calibrator that suits the method's outputs.
     * ``normalized``: the softmax of :meth:`transform_logits` is the predictive distribution.
       ``False`` means they are unnormalised log class confidences (SLOVA's ``log q``), whose

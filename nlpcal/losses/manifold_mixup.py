@@ -55,6 +55,7 @@ class ManifoldMixupLoss(CalibrationLoss):
 
     strength = "mix_prob"
     deterministic = False
+    matches_large_batch = False
 
     def __init__(
         self, alpha: float = 2.0, mix_prob: float = 1.0, layers: Sequence[int] | None = None

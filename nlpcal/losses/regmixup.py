@@ -57,6 +57,7 @@ class RegMixupLoss(CalibrationLoss):
 
     strength = "eta"
     deterministic = False
+    matches_large_batch = False
 
     def __init__(
         self,

@@ -166,3 +166,19 @@ def test_trainer_runs_with_gradient_accumulation_and_saves_the_loss(tmp_path, me
     trainer.save_model(str(tmp_path / "saved"))
     loaded = load_calibrated(tmp_path / "saved")
     assert loaded.loss.config() == trainer.calibration_loss.config()
+
+
+def test_accumulation_sums_the_penalties_of_the_micro_batches() -> None:
+    """Pairs never cross micro-batches: 2 x 6 accumulated is the mean base loss over 12 plus
+    each half's penalty at weight 6/12, which differs from the penalty over all 12."""
+    batch = tiny_batch(batch_size=12, seed=4)
+    model = sharp_model("bert")
+    loss = create_loss("cme", lam=10.0)
+    whole = loss(model, batch, LossContext())
+    halves = [{k: v[part] for k, v in batch.items()} for part in (slice(0, 6), slice(6, 12))]
+    alone = [loss(model, half, LossContext()) for half in halves]
+    accumulated = sum(loss(model, h, LossContext(num_items_in_batch=12)).loss for h in halves)
+
+    expected = whole.logs["ce"] + 10.0 * sum(0.5 * a.logs["cme_penalty"] for a in alone)
+    torch.testing.assert_close(accumulated.detach(), expected, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(accumulated, whole.loss, atol=1e-4)
