@@ -373,6 +373,49 @@ class CalibratedTrainer(Trainer):
             for name, (logits, normalized) in variants.items()
         }
 
+    def cross_fitted_outputs(
+        self, preds: Predictions, folds: int = 2, seed: int = 0
+    ) -> dict[str, VariantOutput]:
+        """The outputs of every variant of ``args.posthoc`` on held-out data, each example scored
+        by calibrators fitted on the other folds only (cross-fitting), so that methods can be
+        compared on the calibration split without scoring a calibrator on its own fitting data.
+
+        ``preds`` are the predictions on the calibration data (with features when a variant needs
+        them); the folds are a seeded random partition. ``"none"`` is the uncalibrated model,
+        which never saw this data. The trainer's own :attr:`calibrators` are left alone.
+
+        Raises:
+            ValueError: ``preds`` without labels, ``folds < 2``, or a fold with fewer than two
+                examples.
+        """
+        if preds.labels is None:
+            raise ValueError("cross-fitting needs labelled predictions")
+        n = len(preds.labels)
+        if folds < 2 or n < 2 * folds:
+            raise ValueError(
+                f"folds={folds}: expected at least 2 folds of at least 2 examples each "
+                f"({n} examples)"
+            )
+        generator = torch.Generator().manual_seed(seed)
+        fold_of = torch.randperm(n, generator=generator) % folds
+        class_probs = {}
+        ood = {}
+        for fold in range(folds):
+            fit, held = fold_of != fold, fold_of == fold
+            calibrators = {
+                variant: create_calibrator(name, **kwargs).fit(
+                    preds.logits[fit], preds.labels[fit], _rows(preds.features, fit)
+                )
+                for variant, (name, kwargs) in self.posthoc.items()
+            }
+            part = Predictions(preds.logits[held], preds.labels[held], _rows(preds.features, held))
+            for variant, output in self.variant_outputs(part, calibrators).items():
+                class_probs.setdefault(variant, preds.logits.new_empty(preds.logits.shape))
+                ood.setdefault(variant, preds.logits.new_empty(n))
+                class_probs[variant][held] = output.class_probs
+                ood[variant][held] = output.ood
+        return {v: VariantOutput(class_probs[v], ood[v]) for v in class_probs}
+
     def calibrated_probs(self, preds: Predictions) -> Tensor:
         """The predictive distribution after the active post-hoc calibrator (uncalibrated if none
         is fitted); rows sum to one. For SLOVA's outputs the confidence is not its maximum: see
@@ -533,6 +576,10 @@ class _SaveLossState(TrainerCallback):
             folder.mkdir(parents=True, exist_ok=True)
             write_text_atomic(folder / LOSS_STATE_NAME, json.dumps(loss_state))
         return control
+
+
+def _rows(features: Tensor | None, mask: Tensor) -> Tensor | None:
+    return None if features is None else features[mask]
 
 
 def _check_dataset_labels(dataset: Any, what: str, config: Any, required: bool = True) -> None:

@@ -26,7 +26,7 @@ from nlpcal.data.prepare import DEFAULT_MODEL
 from tests.conftest import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = ("accuracy", "ece_10", "ece", "brier", "nll", "aurc")
+METRICS = ("accuracy", "confidence", "ece_10", "ece", "brier", "nll", "aurc")
 
 
 def save_tiny_classifier(folder: Path) -> Path:
@@ -149,6 +149,25 @@ def test_results_hold_every_cell_set_variant_and_metric(finished):
                 assert isinstance(values["nll"], float)
                 assert ("ood_auroc" in values) == (name != "sst2")
     assert len(rows) == len(results["rows"]) == 3 * 2 * (3 + 1)
+
+
+def test_calibration_split_metrics_are_cross_fitted_for_choosing_methods(finished):
+    _, results = finished
+    cells = {(c["method"], c["seed"]): c for c in results["cells"]}
+    assert list(cells[("ce", 0)]["calibration_split"]) == ["none", "temperature", "vector"]
+    assert list(cells[("ls", 1)]["calibration_split"]) == ["none"]
+    values = cells[("ce", 0)]["calibration_split"]["temperature"]
+    assert set(values) == set(METRICS) and 0 <= values["ece"] <= 1
+    # out-of-fold: temperature fitted on half the split, not on the examples it scores
+    rows = {(r["method"], r["variant"]): r["values"] for r in results["selection"]}
+    assert set(rows) == {("ce", "none"), ("ce", "temperature"), ("ce", "vector"), ("ls", "none")}
+    assert rows[("ce", "vector")]["ece"]["std"] is not None
+    assert "calibration split (held out from training" in (results_md := markdown_of(finished))
+    assert "| ls | none |" in results_md.split("calibration split (held out")[1]
+
+
+def markdown_of(finished) -> str:
+    return (finished[0] / "results.md").read_text()
 
 
 def test_report_files_mention_every_method_and_embed_the_figures(finished):

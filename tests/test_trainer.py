@@ -409,3 +409,30 @@ def test_loss_state_is_checkpointed_and_restored_on_resume(tmp_path):
     )
     resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
     assert resumed.calibration_loss.calls == 6
+
+
+def test_cross_fitted_outputs_score_each_fold_with_calibrators_fitted_on_the_other(tmp_path):
+    from nlpcal.trainer import Predictions
+
+    trainer = calibrated_trainer(tmp_path, posthoc=["temperature", "vector"])
+    fitted = dict(trainer.calibrators)
+    torch.manual_seed(0)
+    logits = 4 * torch.randn(40, 2)
+    labels = torch.randint(0, 2, (40,))
+    preds = Predictions(logits, labels)
+    outputs = trainer.cross_fitted_outputs(preds, folds=2, seed=3)
+    assert list(outputs) == ["none", "temperature", "vector"]
+    assert torch.allclose(outputs["none"].class_probs, logits.softmax(-1))
+    fold_of = torch.randperm(40, generator=torch.Generator().manual_seed(3)) % 2
+    held, fit = fold_of == 0, fold_of == 1
+    from nlpcal.posthoc import create_calibrator
+
+    expected = create_calibrator("temperature").fit(logits[fit], labels[fit])(logits[held])
+    assert torch.allclose(outputs["temperature"].class_probs[held], expected.softmax(-1), atol=1e-6)
+    in_sample = create_calibrator("temperature").fit(logits, labels)(logits[held])
+    assert not torch.allclose(outputs["temperature"].class_probs[held], in_sample.softmax(-1))
+    assert trainer.calibrators == fitted  # the trainer's own calibrators are left alone
+    with pytest.raises(ValueError, match="folds=1"):
+        trainer.cross_fitted_outputs(preds, folds=1)
+    with pytest.raises(ValueError, match="labelled"):
+        trainer.cross_fitted_outputs(Predictions(logits, None))

@@ -32,8 +32,8 @@ METRICS = tuple(COLUMNS)  # keys of the metric vocabulary (nlpcal.metrics.vocabu
 def shift_metrics(
     class_probs: Any, labels: Any | None, ood: Any | None = None, in_domain_ood: Any | None = None
 ) -> dict[str, float]:
-    """The benchmark's metrics of one set: accuracy, ECE (10 and, as ``ece``, 15 bins), Brier,
-    NLL, AURC and, when the OOD scores of this set and of the in-domain set are given, the OOD
+    """The benchmark's metrics of one set: accuracy, mean top-label confidence, ECE (10 and, as
+    ``ece``, 15 bins), Brier, NLL, AURC and, when the OOD scores of this set and of the in-domain set are given, the OOD
     AUROC of this set against the in-domain set (in-domain as positive). An unlabelled set
     (``labels=None``) has only the OOD AUROC.
 
@@ -54,6 +54,7 @@ def shift_metrics(
         values = evaluation_metrics(probs, labels, n_bins=15, confidence=confidence)
         result = {
             "accuracy": values["accuracy"],
+            "confidence": confidence.float().mean(),
             "ece_10": expected_calibration_error(probs, labels, n_bins=10, confidence=confidence),
             "ece": values["ece"],
             "brier": values["brier"],
@@ -86,7 +87,7 @@ def write_results(recipe: Recipe, out: Path) -> dict[str, Any]:
     ``results.json``, ``results.md``, ``report.html`` and the reliability diagrams."""
     from nlpcal.metrics.plots import reliability_diagram
 
-    cells, rows, figures = [], [], {}
+    cells, rows, selection, figures = [], [], [], {}
     test = recipe.data.test.name
     kinds = {s.name: "in-domain" if s.name == test else "shifted" for s in recipe.eval_sets}
     seeds = list(recipe.seeds)
@@ -105,6 +106,20 @@ def write_results(recipe: Recipe, out: Path) -> dict[str, Any]:
             }
             for name in kinds
         }
+        if all("calibration_split" in r for r in results):  # cells of older runs lack it
+            selection += [
+                {
+                    "method": method.name,
+                    "variant": variant,
+                    "seeds": seeds,
+                    "values": {
+                        m: _mean_std([r["calibration_split"][variant].get(m) for r in results])
+                        for m in METRICS
+                        if m != "ood_auroc"
+                    },
+                }
+                for variant in method.variants
+            ]
         if len(members) > 1:
             ensemble = _ensemble(members, method.variants, recipe.ood_score.value)
             for name, variants in set_metrics(ensemble, test).items():
@@ -142,6 +157,7 @@ def write_results(recipe: Recipe, out: Path) -> dict[str, Any]:
         "environment": environment(sorted({c["device"] for c in cells})),
         "cells": cells,
         "rows": rows,
+        "selection": selection,
     }
     write_json(out / "results.json", results)
     (out / "results.md").write_text(markdown_report(results))
@@ -171,8 +187,9 @@ def _ensemble(members: Sequence[Outputs], variants: Sequence[str], method: str) 
 
 
 def _mean_std(values: Sequence[float | None]) -> dict[str, float | None] | None:
-    """Mean and sample standard deviation (ddof=1; ``None`` for one seed) over seeds."""
-    if values[0] is None:
+    """Mean and sample standard deviation (ddof=1; ``None`` for one seed) over seeds; ``None``
+    when a seed lacks the value (a cell written before the metric existed)."""
+    if any(v is None for v in values):
         return None
     array = np.asarray(values, dtype=np.float64)
     std = float(array.std(ddof=1)) if len(array) > 1 else None

@@ -18,7 +18,7 @@ __all__ = ["COLUMNS", "NOTES", "headline", "html_report", "markdown_report"]
 
 COLUMNS = {  # the runner's metrics, by their keys in the vocabulary, and their labels
     key: METRICS[key].label
-    for key in ("accuracy", "ece_10", "ece", "brier", "nll", "aurc", "ood_auroc")
+    for key in ("accuracy", "confidence", "ece_10", "ece", "brier", "nll", "aurc", "ood_auroc")
 }
 
 NOTES = (
@@ -36,6 +36,11 @@ NOTES = (
     "OOD AUROC separates the shifted set from the in-domain test set, in-domain as positive, by "
     "the recipe's `ood_score` (default `confidence`: the top-label confidence above) of the "
     "row's own outputs.",
+)
+
+SELECTION = (
+    "held out from training; each calibrator fitted on one half and scored on the other: "
+    "what methods are chosen by, never a test or shifted set"
 )
 
 _STYLE = (
@@ -185,6 +190,14 @@ def _tables(results: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[
             title += f"; {label_map}"
         body = [
             [r["method"], r["variant"], *(_cell(r["values"].get(m)) for m in columns)] for r in rows
+        ]
+        tables.append((title, ["method", "variant", *(COLUMNS[m] for m in columns)], body))
+    if results.get("selection"):
+        columns = [m for m in present if m != "ood_auroc"]
+        title = f"calibration split ({SELECTION})"
+        body = [
+            [r["method"], r["variant"], *(_cell(r["values"].get(m)) for m in columns)]
+            for r in results["selection"]
         ]
         tables.append((title, ["method", "variant", *(COLUMNS[m] for m in columns)], body))
     return tables

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nlpcal.args import CalibrationArguments
-from nlpcal.bench.collect import set_metrics, write_results
+from nlpcal.bench.collect import set_metrics, shift_metrics, write_results
 from nlpcal.bench.recipe import Method, Recipe
 from nlpcal.bench.store import (
     MODEL_DIR,
@@ -35,6 +35,7 @@ from nlpcal.bench.store import (
 )
 from nlpcal.data import LabelMap, corrupt_dataset
 from nlpcal.data.prepare import load_tokenizer, resolve_model_path, subsample, tokenize
+from nlpcal.posthoc import calibrator_class
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -168,6 +169,7 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
             for v, out in variants.items()
         }
         outputs.ood[name] = {v: out.ood.numpy() for v, out in variants.items()}
+    selection = _calibration_split_metrics(trainer, data.calibration, seed)
     if recipe.save_model:
         trainer.save_model(str(folder / MODEL_DIR))
     train_log = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), {})
@@ -178,6 +180,7 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
             "method": method.name,
             "seed": seed,
             "metrics": set_metrics(outputs, recipe.data.test.name),
+            "calibration_split": selection,
             "train": train_log,
             "seconds": round(time.time() - start, 1),
             "device": device_name(trainer.args.device),
@@ -185,6 +188,19 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
+
+
+def _calibration_split_metrics(
+    trainer: CalibratedTrainer, calibration: Dataset, seed: int
+) -> dict[str, dict[str, float]]:
+    """Every variant's metrics on the calibration split, each calibrator cross-fitted (2 folds):
+    what methods may be compared and chosen by without looking at a test or shifted set."""
+    features = any(
+        calibrator_class(v.calibrator).requires_features for v in trainer.posthoc.values()
+    )
+    preds = trainer.predictions(calibration, "calibration", features=features)
+    outputs = trainer.cross_fitted_outputs(preds, folds=2, seed=seed)
+    return {v: shift_metrics(out.class_probs, preds.labels) for v, out in outputs.items()}
 
 
 def train_calibrated(
