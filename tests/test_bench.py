@@ -595,7 +595,13 @@ def test_repository_recipes_are_valid(path):
 
 @pytest.mark.parametrize(
     ("name", "n_test"),
-    [("sst2_shift_cpu", 872), ("snli_mnli_cpu", 1000), ("agnews_corrupt_cpu", 1000)],
+    [
+        ("sst2_shift_cpu", 872),
+        ("snli_mnli_cpu", 1000),
+        ("agnews_corrupt_cpu", 1000),
+        ("snli_mnli_overconfident_cpu", 1000),
+        ("agnews_corrupt_overconfident_cpu", 1000),
+    ],
 )
 def test_cpu_recipes_load_their_shared_data(shared_data, monkeypatch, name, n_test):
     monkeypatch.chdir(REPO)  # data_dir is relative to the working directory
