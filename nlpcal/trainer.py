@@ -471,6 +471,9 @@ class CalibratedTrainer(Trainer):
             dataset = self.eval_dataset[dataset]
         if hasattr(dataset, "column_names"):
             _check_dataset_labels(dataset, f"eval set {name!r}", self.model.config, required=False)
+        order = _by_length(dataset)
+        if order is not None:  # batches of similar lengths pad less; the order is restored below
+            dataset = dataset.select(order)
         self._collect_features = features
         try:
             output = self.evaluation_loop(
@@ -494,10 +497,18 @@ class CalibratedTrainer(Trainer):
             if output.label_ids is None
             else torch.as_tensor(np.asarray(output.label_ids)).long()
         )
-        return Predictions(
+        preds = Predictions(
             logits=logits,
             labels=labels,
             features=None if feats is None else torch.as_tensor(np.asarray(feats)).float(),
+        )
+        if order is None:
+            return preds
+        inverse = torch.as_tensor(np.argsort(order, kind="stable"))
+        return Predictions(
+            logits=preds.logits[inverse],
+            labels=None if preds.labels is None else preds.labels[inverse],
+            features=None if preds.features is None else preds.features[inverse],
         )
 
     def prediction_step(
@@ -576,6 +587,18 @@ class _SaveLossState(TrainerCallback):
             folder.mkdir(parents=True, exist_ok=True)
             write_text_atomic(folder / LOSS_STATE_NAME, json.dumps(loss_state))
         return control
+
+
+def _by_length(dataset: Any) -> np.ndarray | None:
+    """The rows of a tokenized dataset from the longest to the shortest (stable), or ``None``
+    when it has no ``input_ids`` column or is already in that order."""
+    import pyarrow.compute as pc
+
+    if "input_ids" not in getattr(dataset, "column_names", ()):
+        return None
+    lengths = pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_numpy()
+    order = np.argsort(-lengths, kind="stable")
+    return None if np.array_equal(order, np.arange(len(order))) else order
 
 
 def _rows(features: Tensor | None, mask: Tensor) -> Tensor | None:

@@ -361,7 +361,7 @@ def test_unlabelled_sets_are_scored_for_ood_detection_only(model_dir, tmp_path):
     title = "texts (shifted, unlabelled: OOD detection only, n = 30)"
     unlabelled = next(rows for t, rows in tables.items() if t.startswith(title))
     assert unlabelled[0] == labelled[0]  # the header
-    assert re.fullmatch(r"\| ce \| none \|(  \|){6} 0\.\d{4} ± 0\.\d{4} \|", unlabelled[2])
+    assert re.fullmatch(r"\| ce \| none \|(  \|){7} 0\.\d{4} ± 0\.\d{4} \|", unlabelled[2])
 
 
 @pytest.mark.parametrize(
@@ -416,7 +416,31 @@ def test_unlabelled_sets_that_cannot_work_are_refused(model_dir, change, message
         ({"slicing": {"max_train_samples": 0}}, "max_train_samples"),
         (
             {"data": {"train": "sample:sst2/train", "test": {"name": "t", "source": "x"}}},
-            r"needs the keys \['calibration'\]",
+            r"the methods \['ce'\] have post-hoc calibrators: the recipe needs data.calibration",
+        ),
+        (
+            {"data": {"calibration": "sample:sst2/dev", "test": {"name": "t", "source": "x"}}},
+            r"the methods \['ce', 'ls'\] train: the recipe needs data.train",
+        ),
+        (
+            {
+                "methods": [
+                    {"name": "a", "calibration_loss": "cross_entropy", "train": False},
+                    {"name": "b", "calibration_loss": "cross_entropy"},
+                ]
+            },
+            r"the methods \['b'\] train and the others have train: false",
+        ),
+        ({"label_map": {"LABEL_0": "negative"}}, "label_map is for a model trained elsewhere"),
+        (
+            {
+                "data": {
+                    "train": "sample:sst2/train",
+                    "calibration": "sample:sst2/test",
+                    "test": {"name": "sst2", "source": "sample:sst2/test"},
+                }
+            },
+            "data.calibration is also the eval set 'sst2'",
         ),
         ({"max_length": "64"}, "max_length must be an integer >= 1, got '64'"),
         ({"ood_score": "maxprob"}, "unknown ood_score 'maxprob'; available: confidence, msp"),

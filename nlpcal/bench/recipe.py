@@ -321,18 +321,21 @@ class Data(_Section):
 
     _what: ClassVar[str] = "data"
 
-    train: DataSource = field(
+    train: DataSource | None = field(
+        default=None,
         metadata={
             "help": "The training data; its label names are the model's, unless `labels` or "
-            "`task` name them.",
+            "`task` name them. Required unless every method has `train: false`.",
             "type": "source or mapping",
-        }
+        },
     )
-    calibration: Calibration = field(
+    calibration: Calibration | None = field(
+        default=None,
         metadata={
-            "help": "The held-out data the post-hoc calibrators are fitted on.",
+            "help": "The held-out data the post-hoc calibrators are fitted on; required when a "
+            "method has one. Never one of the eval sets.",
             "type": "source or mapping",
-        }
+        },
     )
     test: EvalSet = field(metadata={"help": "The in-domain test set (labelled)."})
     shifted: tuple[EvalSet, ...] = field(
@@ -346,6 +349,17 @@ class Data(_Section):
         if not self.test.labeled:
             raise ValueError("data.test, the in-domain test set, must be labelled")
         _check_unique([s.name for s in (self.test, *self.shifted)], "eval set")
+        if self.calibration is not None and self.calibration.holdout is not None:
+            if self.train is None:
+                raise ValueError("data.calibration.holdout needs data.train to hold rows out of")
+        elif self.calibration is not None:
+            for spec in (self.test, *self.shifted):
+                if spec.corrupt is None and _same_source(spec, self.calibration):
+                    raise ValueError(
+                        f"data.calibration is also the eval set {spec.name!r} "
+                        f"({_source_label(spec.source)}): its calibrated metrics would be "
+                        "measured on the calibrators' own fitting data"
+                    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -401,6 +415,14 @@ class Method(_Section):
         metadata={
             "help": "Constructor arguments: those of the calibrator when there is one; with "
             "several, variant name -> arguments."
+        },
+    )
+    train: bool = field(
+        default=True,
+        metadata={
+            "help": "false: take the recipe's model as it is (a classifier fine-tuned "
+            "elsewhere): no training, only post-hoc calibration and evaluation; "
+            "`calibration_loss` then says how its outputs are read (cross_entropy: softmax)."
         },
     )
 
@@ -493,7 +515,15 @@ class Recipe(_Section):
         default=None,
         metadata={
             "help": "Save each cell's calibrated model in cells/<method>/seed_<seed>/model "
-            "(default: only `nlpcal train`)."
+            "(default: only `nlpcal train` and `nlpcal calibrate`)."
+        },
+    )
+    label_map: dict[str, str] | None = field(
+        default=None,
+        metadata={
+            "help": "For a model trained elsewhere (methods with `train: false`): model class "
+            "-> data class, for the calibration data and every eval set without its own "
+            "`label_map`; names match ignoring case without it."
         },
     )
 
@@ -525,11 +555,35 @@ class Recipe(_Section):
         if not self.seeds:
             raise ValueError("seeds must be a non-empty list of non-negative integers, got []")
         _check_unique(self.seeds, "seed")
+        trained = [m.name for m in self.methods if m.train]
+        if trained and len(trained) < len(self.methods):
+            raise ValueError(
+                f"the methods {trained} train and the others have train: false; a recipe either "
+                "trains its model or takes it as it is"
+            )
+        if trained and self.data.train is None:
+            raise ValueError(f"the methods {trained} train: the recipe needs data.train")
+        if trained and self.label_map is not None:
+            raise ValueError(
+                "label_map is for a model trained elsewhere (methods with train: false); a "
+                "trained model takes the training data's labels"
+            )
+        calibrated = [m.name for m in self.methods if m.posthoc]
+        if calibrated and self.data.calibration is None:
+            raise ValueError(
+                f"the methods {calibrated} have post-hoc calibrators: the recipe needs "
+                "data.calibration (held-out data to fit them on)"
+            )
         per_cell = sorted(set(self.training) & set(_PER_CELL))
         if per_cell:
             raise ValueError(f"training must not set {per_cell}: the runner sets them per cell")
         # Fails early on unknown or ill-typed training arguments.
         self.training_arguments(self.methods[0], self.seeds[0], "unused")
+
+    @property
+    def trains(self) -> bool:
+        """Whether the recipe fine-tunes its model (else it takes it as it is)."""
+        return self.methods[0].train
 
     @property
     def eval_sets(self) -> tuple[EvalSet, ...]:
@@ -607,6 +661,12 @@ def demo_recipe() -> Recipe:
 
     with as_file(files("nlpcal") / "recipes" / "demo.yaml") as path:
         return load_recipe(path)
+
+
+def read_recipe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A recipe file as a mapping, its ``base`` merged in, not validated (a recipe whose
+    sections are read one by one, as ``nlpcal evaluate --config`` reads its data)."""
+    return _read_recipe(Path(path), ())
 
 
 def _read_recipe(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -811,3 +871,18 @@ def _check_unique(names: Sequence[Any], what: str) -> None:
     duplicates = sorted({str(n) for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"duplicate {what} names: {duplicates}")
+
+
+def _same_source(a: DataSource, b: DataSource) -> bool:
+    """Whether two sources name the same data (the same dataset object, or the same string)."""
+    if _is_dataset(a.source) or _is_dataset(b.source):
+        return a.source is b.source or (
+            _is_dataset(a.source)
+            and _is_dataset(b.source)
+            and a.source._fingerprint == b.source._fingerprint
+        )
+    return a.source == b.source
+
+
+def _source_label(source: Any) -> str:
+    return f"an in-code dataset {source._fingerprint}" if _is_dataset(source) else str(source)

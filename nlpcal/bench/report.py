@@ -146,7 +146,8 @@ def html_report(results: Mapping[str, Any], figures: Mapping[str, str | Path]) -
 def _summary(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     recipe, env = results["recipe"], results["environment"]
     data = recipe["data"]
-    calibration = data["calibration"]
+    calibration = data.get("calibration") or "none"
+    trains = all(m.get("train", True) for m in recipe["methods"])
     if isinstance(calibration, Mapping):
         calibration = (
             f"{calibration['holdout']} rows held out of the training source"
@@ -157,7 +158,10 @@ def _summary(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [
         ("model", recipe["model"]),
         ("labels", _labels(recipe)),
-        ("training data", _source(data["train"])),
+        (
+            "training data",
+            _source(data["train"]) if trains else "none: the model is taken as it is",
+        ),
         ("calibration data", str(calibration)),
         ("slicing", ", ".join(f"{k}={v}" for k, v in recipe["slicing"].items())),
         ("methods", ", ".join(m["name"] for m in recipe["methods"])),
@@ -204,6 +208,8 @@ def _tables(results: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[
 
 
 def _labels(recipe: Mapping[str, Any]) -> str:
+    if not all(m.get("train", True) for m in recipe["methods"]):
+        return "the model's own (config.id2label)"
     if recipe.get("labels"):
         return ", ".join(recipe["labels"])
     if recipe.get("task"):

@@ -33,19 +33,21 @@ from nlpcal.bench.store import (
     write_json,
     write_recipe,
 )
-from nlpcal.data import LabelMap, corrupt_dataset
+from nlpcal.data import LabelMap, align_labels, corrupt_dataset, model_label_names
 from nlpcal.data.prepare import load_tokenizer, resolve_model_path, subsample, tokenize
 from nlpcal.posthoc import calibrator_class
 
 if TYPE_CHECKING:
     from datasets import Dataset
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
     from nlpcal.trainer import CalibratedTrainer
 
-__all__ = ["run_bench", "train_calibrated"]
+__all__ = ["calibrate_pretrained", "run_bench", "train_calibrated"]
 
 logger = logging.getLogger(__name__)
+# The files of a Hub model that loading it needs (no other frameworks' weights).
+_MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
 
 
 def run_bench(
@@ -103,47 +105,86 @@ class _Data:
 def _load_data(recipe: Recipe) -> _Data:
     """Load, slice, corrupt and tokenize every split once; every cell uses the same data.
 
-    The label set is the recipe's ``labels``, else the task's, else the training data's; the
-    calibration split and every evaluation set without a ``label_map`` are re-encoded onto it by
-    name, a set with a ``label_map`` keeps its own labels and a :class:`LabelMap`, and an
-    unlabelled set has no labels.
+    A recipe that trains takes the label set of its ``labels``, else of its task, else of the
+    training data: the calibration split and every evaluation set without a ``label_map`` are
+    re-encoded onto it by name. A recipe that takes its model as it is takes the model's classes
+    (``id2label``): each split is matched to them by name ignoring case, or through its
+    ``label_map`` (else the recipe's); the calibration split is re-encoded onto the model's ids
+    (one to one), the evaluation sets keep their own labels and a :class:`LabelMap`. A set with
+    a ``label_map`` keeps its own labels and a :class:`LabelMap`; an unlabelled set has no labels.
     """
     data, slicing, data_dir = recipe.data, recipe.slicing, recipe.data_dir
     seed, n_eval = slicing.seed, slicing.max_eval_samples
-    full = data.train.load(recipe.task, data_dir, recipe.labels, "data.train")
-    names = full.features["label"].names
-    if data.calibration.holdout is not None:
+    if recipe.trains:
+        full = data.train.load(recipe.task, data_dir, recipe.labels, "data.train")
+        names = full.features["label"].names
+    else:
+        full = None if data.train is None else data.train.load(None, data_dir, None, "data.train")
+        names = model_label_names(_load_config(recipe.model))
+    train = full
+    calibration = None
+    if data.calibration is not None and data.calibration.holdout is not None:
         split = full.train_test_split(test_size=data.calibration.holdout, seed=seed)
         train, calibration = split["train"], split["test"]
-    else:
-        train = full
-        calibration = data.calibration.load(None, data_dir, names, "data.calibration")
-    train = subsample(train, slicing.max_train_samples, seed)
-    calibration = subsample(calibration, n_eval, seed)
+    elif data.calibration is not None:
+        labels = names if recipe.trains else None
+        calibration = data.calibration.load(None, data_dir, labels, "data.calibration")
+    if calibration is not None:
+        if not recipe.trains:
+            calibration = _onto_model_labels(calibration, names, recipe.label_map)
+        calibration = subsample(calibration, n_eval, seed)
+    if recipe.trains:
+        train = subsample(train, slicing.max_train_samples, seed)
     sets, label_maps = {}, {}
     for spec in recipe.eval_sets:
         if not spec.labeled:
             dataset = spec.load(None, data_dir, None, spec.name, require_labels=False)
             if "label" in dataset.column_names:
                 dataset = dataset.remove_columns("label")
-        elif spec.label_map is None:
+        elif spec.label_map is None and recipe.trains:
             dataset = spec.load(None, data_dir, names, spec.name)
         else:
             dataset = spec.load(None, data_dir, None, spec.name)
             set_names = dataset.features["label"].names
-            label_maps[spec.name] = LabelMap(names, set_names, spec.label_map)
+            renames = spec.label_map if spec.label_map is not None else recipe.label_map
+            label_maps[spec.name] = LabelMap(names, set_names, renames)
         dataset = subsample(dataset, n_eval, seed)
         if spec.corrupt is not None:
             dataset = corrupt_dataset(dataset, **spec.corrupt.to_dict())
         sets[spec.name] = dataset
-    tokenizer = load_tokenizer(recipe.model)
+    tokenizer = load_tokenizer(recipe.model if recipe.trains else _model_folder(recipe.model))
+
+    def prepared(dataset: Dataset | None) -> Dataset | None:
+        return None if dataset is None else tokenize(dataset, tokenizer, recipe.max_length)
+
     return _Data(
         tokenizer=tokenizer,
-        train=tokenize(train, tokenizer, recipe.max_length),
-        calibration=tokenize(calibration, tokenizer, recipe.max_length),
-        sets={name: tokenize(ds, tokenizer, recipe.max_length) for name, ds in sets.items()},
+        train=prepared(train) if recipe.trains else None,
+        calibration=prepared(calibration),
+        sets={name: prepared(ds) for name, ds in sets.items()},
         label_maps=label_maps,
     )
+
+
+def _onto_model_labels(
+    dataset: Dataset, names: Sequence[str], renames: dict[str, str] | None
+) -> Dataset:
+    """The calibration split with the model's label ids: post-hoc calibrators are fitted in the
+    model's label space, so its classes must match the split's one to one."""
+    from datasets import ClassLabel
+
+    set_names = dataset.features["label"].names
+    label_map = LabelMap(names, set_names, renames)
+    if sorted(label_map.model_to_set) != list(range(len(set_names))) or len(names) != len(
+        set_names
+    ):
+        raise ValueError(
+            "data.calibration: the calibrators are fitted in the model's label space, so its "
+            f"classes must map one to one onto the data's; {label_map.describe()}"
+        )
+    renamed = [names[label_map.model_to_set.index(j)] for j in range(len(set_names))]
+    dataset = dataset.cast_column("label", ClassLabel(names=renamed))
+    return align_labels(dataset, names, name="data.calibration")
 
 
 def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Path) -> None:
@@ -151,7 +192,10 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
     write the predictions, then the result."""
     start = time.time()
     args = recipe.training_arguments(method, seed, folder)
-    trainer = train_calibrated(recipe.model, args, data.train, data.calibration, data.tokenizer)
+    if method.train:
+        trainer = train_calibrated(recipe.model, args, data.train, data.calibration, data.tokenizer)
+    else:
+        trainer = calibrate_pretrained(recipe.model, args, data.calibration, data.tokenizer)
     outputs = Outputs({}, {}, {})
     for name, dataset in data.sets.items():
         label_map = data.label_maps.get(name)
@@ -169,7 +213,11 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
             for v, out in variants.items()
         }
         outputs.ood[name] = {v: out.ood.numpy() for v, out in variants.items()}
-    selection = _calibration_split_metrics(trainer, data.calibration, seed)
+    selection = (
+        None
+        if data.calibration is None
+        else _calibration_split_metrics(trainer, data.calibration, seed)
+    )
     if recipe.save_model:
         trainer.save_model(str(folder / MODEL_DIR))
     train_log = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), {})
@@ -180,7 +228,7 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
             "method": method.name,
             "seed": seed,
             "metrics": set_metrics(outputs, recipe.data.test.name),
-            "calibration_split": selection,
+            **({} if selection is None else {"calibration_split": selection}),
             "train": train_log,
             "seconds": round(time.time() - start, 1),
             "device": device_name(trainer.args.device),
@@ -237,13 +285,73 @@ def train_calibrated(
     return trainer
 
 
-def _load_classifier(model_name_or_path: str, label_names: Sequence[str]) -> PreTrainedModel:
-    """A sequence classifier with ``label_names``, quietly when only its head is new.
+def calibrate_pretrained(
+    model_name_or_path: str,
+    args: CalibrationArguments,
+    calibration: Dataset | None,
+    tokenizer: PreTrainedTokenizerBase,
+) -> CalibratedTrainer:
+    """Take a fine-tuned sequence classifier as it is (a folder or a Hub id) and fit the
+    post-hoc calibrators of ``args`` on ``calibration`` (none without them); no training.
+
+    ``calibration`` is tokenized, with labels in the model's ids
+    (``config.id2label``); ``args.calibration_loss`` says how the model's outputs are read.
+
+    Raises:
+        ValueError: the checkpoint is not a sequence classifier.
+        FileNotFoundError: no such folder, and no reachable Hub repository (offline, say).
+    """
+    from transformers import set_seed
+
+    from nlpcal.trainer import CalibratedTrainer
+
+    set_seed(args.seed)
+    model = _load_classifier(model_name_or_path)
+    trainer = CalibratedTrainer(
+        model, args, calibration_dataset=calibration, processing_class=tokenizer
+    )
+    if trainer.posthoc:
+        trainer.calibrate()
+    return trainer
+
+
+def _model_folder(model_name_or_path: str) -> str:
+    """A local folder with the model: a folder, the default encoder's package, or the Hub
+    repository's files (downloaded once; offline, an error that says why)."""
+    from nlpcal.hub import _find_folder
+
+    path = resolve_model_path(model_name_or_path)
+    if os.path.isdir(path):
+        return path
+    return str(_find_folder(path, {"allow_patterns": _MODEL_FILES}))
+
+
+def _load_config(model_name_or_path: str) -> PretrainedConfig:
+    """The config of a model taken as it is, which must be a sequence classifier."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(_model_folder(model_name_or_path))
+    architectures = list(config.architectures or [])
+    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+        raise ValueError(
+            f"model {model_name_or_path!r} is not a sequence classifier: its config names the "
+            f"architectures {architectures or 'none'} (expected a fine-tuned "
+            "*ForSequenceClassification model; `nlpcal train` makes one from a base encoder)"
+        )
+    return config
+
+
+def _load_classifier(
+    model_name_or_path: str, label_names: Sequence[str] | None = None
+) -> PreTrainedModel:
+    """A sequence classifier with ``label_names``, quietly when only its head is new; without
+    ``label_names``, the fine-tuned classifier as it is (which must be one).
 
     A classifier built on a base encoder gets a freshly initialised head (and drops the
     checkpoint's own pretraining head), which transformers reports on every load. That report
     is held back and shown only when something else went wrong: weights of the encoder itself
-    missing from, or unexpected in, the checkpoint. The progress bar of the load is off.
+    missing from, or unexpected in, the checkpoint (or, as it is, any weight missing). The
+    progress bar of the load is off.
     """
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -261,18 +369,26 @@ def _load_classifier(model_name_or_path: str, label_names: Sequence[str]) -> Pre
     hf_logging.disable_progress_bar()
     load_logger.addFilter(hold_report)
     only_head = False
+    if label_names is None:
+        _load_config(model_name_or_path)  # a sequence classifier, or a clear error
+        path, labels = _model_folder(model_name_or_path), {}
+    else:
+        path = resolve_model_path(model_name_or_path)
+        labels = {
+            "num_labels": len(label_names),
+            "id2label": dict(enumerate(label_names)),
+            "label2id": {n: i for i, n in enumerate(label_names)},
+        }
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(model_name_or_path),
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={n: i for i, n in enumerate(label_names)},
-            output_loading_info=True,
+            path, output_loading_info=True, **labels
         )
         encoder = model.base_model_prefix
         only_head = bool(encoder) and not any(
             key.startswith(f"{encoder}.") for key in info["missing_keys"] | info["unexpected_keys"]
         )
+        if label_names is None:
+            only_head = not (info["missing_keys"] or info["mismatched_keys"])
     finally:
         load_logger.removeFilter(hold_report)
         if bars:
