@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -158,12 +159,14 @@ def calibration_record(
         raise ValueError(f"active calibrator {active!r} is not among {list(calibrators)}")
     active = active or next(iter(calibrators), None)
     calibrator = calibrators.get(active) if active is not None else None
-    folded, reason = None, "folding was turned off (fold=False)"
     if model is None:
         reason = "saved without the model"
-    elif fold:
+    elif not fold:
+        reason = "not asked for (fold=False, e.g. a checkpoint during training)"
+    else:
         reason = fold_refusal(model, loss, calibrator)
-    if fold and model is not None and reason is None:
+    folded = None
+    if reason is None:
         layer, _ = output_layer(model)
         scale, shift = (_per_class(x, num_labels(model)) for x in calibrator.affine())
         folded = {
@@ -249,28 +252,59 @@ def _weights_file(directory: Path, key: str) -> Path:
 
 def _fold_saved_weights(directory: Path, folded: Mapping[str, Any]) -> None:
     """Fold ``folded``'s affine map into the saved output layer; keep the layer's saved tensors
-    unfolded in ``nlpcal_unfolded.safetensors``."""
+    unfolded in ``nlpcal_unfolded.safetensors``. Only the layer's bytes are rewritten, in place
+    (same dtype and shape), so the cost does not grow with the model."""
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     weight_key, bias_key = _layer_keys(folded)
     file = _weights_file(directory, weight_key)
     if not file.is_file():
         raise FileNotFoundError(f"cannot fold the calibration: no weights file {file}")
     with safe_open(str(file), "pt") as handle:
-        metadata = handle.metadata()
-    tensors = load_file(str(file))
-    if weight_key not in tensors:
-        raise ValueError(f"cannot fold the calibration: {file} has no tensor {weight_key}")
-    layer = {k: tensors[k] for k in (weight_key, bias_key) if k in tensors}
+        saved = set(handle.keys())
+        if weight_key not in saved:
+            raise ValueError(f"cannot fold the calibration: {file} has no tensor {weight_key}")
+        layer = {k: handle.get_tensor(k) for k in (weight_key, bias_key) if k in saved}
     save_file(layer, str(directory / UNFOLDED_NAME), metadata={"format": "pt"})
     weight, bias = fold_affine(
         layer[weight_key], layer.get(bias_key), folded["scale"], folded["shift"]
     )
-    tensors[weight_key] = weight.contiguous()
+    new = {weight_key: weight}
     if bias_key in layer:
-        tensors[bias_key] = bias.contiguous()
-    save_file(tensors, str(file), metadata=metadata)
+        new[bias_key] = bias
+    _overwrite_tensors(file, new)
+
+
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+}
+
+
+def _overwrite_tensors(file: Path, tensors: Mapping[str, Tensor]) -> None:
+    """Overwrite tensors of a safetensors file in place; each keeps its dtype and shape."""
+    with open(file, "r+b") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+        for key, tensor in tensors.items():
+            entry = header[key]
+            begin, end = entry["data_offsets"]
+            tensor = tensor.detach().cpu().contiguous()
+            if entry["shape"] != list(tensor.shape) or entry["dtype"] != _SAFETENSORS_DTYPES.get(
+                tensor.dtype
+            ):
+                raise ValueError(
+                    f"{file}: {key} is {entry['dtype']} {entry['shape']}, cannot overwrite it with "
+                    f"{tensor.dtype} {list(tensor.shape)}"
+                )
+            data = tensor.view(torch.uint8).numpy().tobytes()
+            if len(data) != end - begin:
+                raise ValueError(f"{file}: {key} takes {end - begin} bytes, not {len(data)}")
+            handle.seek(8 + length + begin)
+            handle.write(data)
 
 
 def _restore_unfolded(model: nn.Module, folder: Path, folded: Any) -> None:

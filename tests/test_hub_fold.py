@@ -353,3 +353,29 @@ def test_failed_trainer_push_is_one_clear_line_and_keeps_the_folder(
         p: v for p, v in before.items() if p.name != "README.md"
     }
     torch.testing.assert_close(plain_probs(output_dir), expected_probs(trained), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "dtype, shard", [(torch.float32, "30KB"), (torch.bfloat16, None)], ids=["sharded", "bf16"]
+)
+def test_fold_into_sharded_and_half_precision_saves(tmp_path, dtype, shard):
+    from nlpcal.hub import save_calibration
+    from nlpcal.losses import create_loss
+    from nlpcal.posthoc import create_calibrator
+
+    model = tiny_model("bert").to(dtype)
+    vector = create_calibrator("vector").fit(4 * torch.randn(60, 3), torch.arange(60) % 3)
+    kwargs = {"max_shard_size": shard} if shard else {}
+    model.save_pretrained(tmp_path, **kwargs)
+    assert (tmp_path / "model.safetensors.index.json").is_file() == bool(shard)
+    save_calibration(tmp_path, create_loss("cross_entropy"), {"vector": vector}, model=model)
+    batch = {k: v for k, v in signal_dataset(8, seed=5)[:].items() if k != "label"}
+    batch = {k: torch.tensor(v) for k, v in batch.items()}
+    with torch.no_grad():
+        expected = vector(model(**batch).logits.float()).softmax(-1)
+        plain = AutoModelForSequenceClassification.from_pretrained(tmp_path, dtype=dtype)
+        folded = plain.eval()(**batch).logits.float().softmax(-1)
+    torch.testing.assert_close(folded, expected, rtol=0, atol=1e-5 if shard else 2e-2)
+    loaded = load_calibrated(tmp_path)
+    assert torch.equal(loaded.model.classifier.weight, model.classifier.weight)
+    assert torch.equal(loaded.model.classifier.bias, model.classifier.bias)
