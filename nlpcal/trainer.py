@@ -33,7 +33,15 @@ from nlpcal.functional.predictive import (
     predictive_ood_score,
     split_confidence,
 )
-from nlpcal.hub import REPLACED_ON_SAVE, calibration_card, save_calibration
+from nlpcal.hub import (
+    DIAGRAM_NAME,
+    REPLACED_ON_SAVE,
+    HubError,
+    calibration_record,
+    hub_reason,
+    model_card,
+    save_calibration,
+)
 from nlpcal.losses import CalibrationLoss, LossContext, create_loss
 from nlpcal.posthoc import Calibrator, calibrator_class, create_calibrator
 
@@ -157,6 +165,7 @@ class CalibratedTrainer(Trainer):
         self._diagnostic_steps = 0
         self._collect_features = False
         self.last_eval_metrics: dict[str, float] = {}
+        self.last_eval_curves: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         for callback in self.calibration_loss.callbacks():
             self.add_callback(callback)
         self.add_callback(_SaveLossState(self))
@@ -327,6 +336,7 @@ class CalibratedTrainer(Trainer):
             key = f"{metric_key_prefix}_{name}" if name else metric_key_prefix
             metrics.update(self._set_metrics(pred, outputs[name], key))
         metrics.update(self._ood_metrics(outputs, metric_key_prefix))
+        self.last_eval_curves = self._reliability_curves(preds, outputs)
         n_samples = sum(len(p.logits) for p in preds.values())
         metrics.update(speed_metrics(metric_key_prefix, start, num_samples=n_samples))
         self.log(metrics)
@@ -448,10 +458,7 @@ class CalibratedTrainer(Trainer):
             raise ValueError(
                 f"ood_sets {missing} are not among the eval sets {sorted(map(str, outputs))}"
             )
-        in_name = self.calibration["in_domain_set"] or next(
-            (n for n in outputs if n not in ood_names and n != self.calibration["calibration_set"]),
-            None,
-        )
+        in_name = self._in_domain_name(outputs)
         if in_name not in outputs:
             raise ValueError(
                 f"in-domain set {in_name!r} is not among the eval sets {sorted(map(str, outputs))}"
@@ -465,6 +472,40 @@ class CalibratedTrainer(Trainer):
                     {f"{prefix}_{name}_{tag}ood_{k}": float(v) for k, v in values.items()}
                 )
         return metrics
+
+    def _in_domain_name(self, names: Any) -> str | None:
+        """``args.in_domain_set``, else the first eval set that is neither out-of-domain nor the
+        calibration set."""
+        return self.calibration["in_domain_set"] or next(
+            (
+                n
+                for n in names
+                if n not in self.calibration["ood_sets"]
+                and n != self.calibration["calibration_set"]
+            ),
+            None,
+        )
+
+    def _reliability_curves(
+        self, preds: Mapping[str | None, Predictions], outputs: Mapping[Any, Any]
+    ) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+        """What the model card's reliability diagram draws: ``(probs, labels, confidence)`` of
+        the in-domain set before and after the active calibrator, and of each shifted set after
+        it."""
+        variant = self.active_calibrator or UNCALIBRATED
+        names = [n for n in preds if n is not None]
+        in_name = self._in_domain_name(names) if names else None
+        chosen = [(in_name, UNCALIBRATED), (in_name, variant)]
+        chosen += [(n, variant) for n in self.calibration["ood_sets"]]
+        curves = {}
+        for name, which in dict.fromkeys(chosen):
+            if name not in preds or preds[name].labels is None or which not in outputs[name]:
+                continue
+            probs, confidence = split_confidence(outputs[name][which].class_probs)
+            kind = "shifted" if name in self.calibration["ood_sets"] else "in-domain"
+            label = "uncalibrated" if which == UNCALIBRATED else which
+            curves[f"{name or 'eval'} ({kind}), {label}"] = (probs, preds[name].labels, confidence)
+        return curves
 
     def _predict(self, dataset: Any, name: str, features: bool = False) -> Predictions:
         if isinstance(dataset, str):
@@ -543,6 +584,13 @@ class CalibratedTrainer(Trainer):
         """Save the model as ``Trainer`` does, plus the loss and every fitted calibrator (under
         ``calibrators/<variant>/``, the active one recorded; see :func:`~nlpcal.load_calibrated`).
 
+        Outside training, the active calibrator is folded into the saved output layer when it
+        can be (:func:`~nlpcal.hub.save_calibration`): plain ``transformers`` then loads a
+        calibrated model, and ``load_calibrated`` restores the unfolded layer before applying
+        any saved variant. The other variants are saved as they are, applied by
+        ``load_calibrated(..., calibrator=variant)`` only. Checkpoints written during training
+        are never folded, so that resuming continues from the trained weights.
+
         The saving process writes weights, config, tokenizer, training arguments and calibration
         to a temporary folder beside ``output_dir`` and moves them in only once all are written:
         a failed save leaves the previous one intact. Weight shards and calibrators of a previous
@@ -554,7 +602,12 @@ class CalibratedTrainer(Trainer):
             with staged_folder(output_dir, REPLACED_ON_SAVE) as staging:
                 super().save_model(str(staging), _internal_call=True)
                 save_calibration(
-                    staging, self.calibration_loss, self.calibrators, self.active_calibrator
+                    staging,
+                    self.calibration_loss,
+                    self.calibrators,
+                    self.active_calibrator,
+                    self.accelerator.unwrap_model(self.model),
+                    **self._record_kwargs(),
                 )
         else:
             # The other processes only join the collective gathers of a distributed save.
@@ -563,15 +616,89 @@ class CalibratedTrainer(Trainer):
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def create_model_card(self, **kwargs: Any) -> None:
-        """``Trainer``'s model card plus the calibration section (method, calibrators, metrics)."""
+        """``Trainer``'s model card made calibration-aware (:func:`~nlpcal.hub.model_card`):
+        which loaders give calibrated outputs, the loss and calibrators with their references,
+        the metrics table of the last :meth:`evaluate`, a ``model-index`` of the calibrated
+        metrics, and the reliability diagram of the last evaluation, saved beside it as
+        ``reliability_diagram.png``."""
+        from huggingface_hub import ModelCard
+
+        from nlpcal.metrics.plots import reliability_diagram
+
         super().create_model_card(**kwargs)
         if not self.is_world_process_zero():
             return
-        card = Path(self.args.output_dir) / "README.md"
-        section = calibration_card(
-            self.calibration_loss, self.calibrators, self.last_eval_metrics, self.active_calibrator
+        output_dir = Path(self.args.output_dir)
+        record = calibration_record(
+            self.calibration_loss,
+            self.calibrators,
+            self.active_calibrator,
+            self.accelerator.unwrap_model(self.model),
+            **self._record_kwargs(),
         )
-        card.write_text(card.read_text().rstrip() + "\n\n" + section)
+        diagram = None
+        if self.last_eval_curves:
+            bins = self.calibration["ece_bins"]
+            reliability_diagram(self.last_eval_curves, n_bins=bins, path=output_dir / DIAGRAM_NAME)
+            diagram = DIAGRAM_NAME
+        card_file = output_dir / "README.md"
+        card = model_card(
+            record,
+            model_name=kwargs.get("model_name"),
+            diagram=diagram,
+            card=ModelCard.load(card_file),
+        )
+        card.save(card_file)
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``Trainer.push_to_hub``: saves the model with its calibration (folded where it can
+        be, see :meth:`save_model`), writes the card and the reliability diagram
+        (:meth:`create_model_card`), and uploads ``output_dir`` except checkpoints.
+
+        Raises:
+            HubError: in one line naming the repository and the reason, when the Hub cannot be
+                reached, there is no token or the Hub refuses it; what was saved in
+                ``output_dir`` stays there, complete.
+        """
+        try:
+            return super().push_to_hub(
+                commit_message=commit_message,
+                blocking=blocking,
+                token=token,
+                revision=revision,
+                private=private,
+                **kwargs,
+            )
+        except HubError:
+            raise
+        except Exception as err:
+            reason = hub_reason(err)
+            if reason is None:
+                raise
+            repo = self.hub_model_id or self.args.hub_model_id or Path(self.args.output_dir).name
+            raise HubError(f"pushing to the Hub repository {repo} failed: {reason}") from err
+
+    def _record_kwargs(self) -> dict[str, Any]:
+        """What the calibration record holds beyond the loss and calibrators: the last
+        evaluation's metrics, ECE bins and eval-set roles; no fold while training runs."""
+        return {
+            "metrics": self.last_eval_metrics,
+            "ece_bins": self.calibration["ece_bins"],
+            "eval_sets": {
+                "in_domain": self.calibration["in_domain_set"],
+                "shifted": list(self.calibration["ood_sets"]),
+                "calibration": self.calibration["calibration_set"],
+            },
+            "fold": not self.is_in_train,
+        }
 
 
 class _SaveLossState(TrainerCallback):
