@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import string
 from pathlib import Path
 
@@ -198,8 +199,57 @@ def test_a_hub_id_loads_through_the_hub_and_offline_says_so(upper_reversed, tmp_
         evaluate_model("someone/absent-model", data, tmp_path / "offline", **SMALL)
 
 
-def test_the_recipe_of_an_existing_model_checks_its_arguments():
+def test_the_recipe_of_an_existing_model_checks_its_arguments(upper_reversed):
     with pytest.raises(ValueError, match=r"needs data\.calibration"):
-        existing_model_recipe("m", {"test": DATA["test"]}, posthoc=["temperature"])
+        existing_model_recipe(upper_reversed, {"test": DATA["test"]}, posthoc=["temperature"])
     with pytest.raises(ValueError, match="unknown calibrator"):
-        existing_model_recipe("m", DATA, posthoc=["platt"])
+        existing_model_recipe(upper_reversed, DATA, posthoc=["platt"])
+
+
+def test_a_model_saved_by_nlpcal_is_evaluated_as_trained_and_recalibrated_once(tmp_path):
+    """A folded save reads calibrated through plain transformers; evaluate takes the fold out
+    ("before" is the model as trained) and calibrate replaces the calibration."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from nlpcal import CalibratedTrainer, CalibrationArguments, load_calibrated
+    from nlpcal.bench.run import _load_data
+    from nlpcal.posthoc import TemperatureScaler
+
+    folder = save_classifier(tmp_path / "clf", {0: "negative", 1: "positive"})
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    args = CalibrationArguments(str(tmp_path / "t"), posthoc=[], report_to="none", use_cpu=True)
+    trainer = CalibratedTrainer(
+        model,
+        args,
+        calibrator=TemperatureScaler(),
+        processing_class=AutoTokenizer.from_pretrained(folder),
+    )
+    trainer.calibrator.log_value.fill_(math.log(3.0))
+    saved = tmp_path / "saved"
+    trainer.save_model(str(saved))
+    recipe = existing_model_recipe(saved, {"test": DATA["test"]}, **SMALL)
+    texts = list(_load_data(recipe).sets["sst2"]["input_ids"])
+    batch = {"input_ids": torch.tensor([t + [0] * (32 - len(t)) for t in texts])}
+    batch["attention_mask"] = (batch["input_ids"] != 0).long()
+    with torch.no_grad():
+        raw = model.eval()(**batch).logits
+        folded = AutoModelForSequenceClassification.from_pretrained(saved).eval()(**batch).logits
+    assert torch.allclose(folded, raw / 3.0, atol=1e-5)  # plain transformers: calibrated
+    results = evaluate_model(recipe, output_dir=tmp_path / "e")
+    probs = raw.softmax(-1)
+    labels = torch.as_tensor(list(subsample(load_source("sample:sst2/test", None), 40, 0)["label"]))
+    expected = evaluation_metrics(probs, labels, n_bins=15)
+    assert rows(results)[("model", "none", "sst2")]["nll"] == pytest.approx(
+        float(expected["nll"]), abs=1e-5
+    )  # "before" is the model as trained, not the folded one
+    _, recalibrated = calibrate_model(saved, DATA, tmp_path / "c", **SMALL)
+    again = model_folder_of(tmp_path / "c")
+    temperature = float(recalibrated.calibrator.temperature)
+    with torch.no_grad():
+        plain = AutoModelForSequenceClassification.from_pretrained(again).eval()(**batch).logits
+    assert torch.allclose(plain, raw / temperature, atol=1e-4)  # one calibration, not two
+    assert load_calibrated(again, calibrator="none").model is not None
+
+
+def model_folder_of(run: Path) -> Path:
+    return run / "cells" / "model" / "seed_0" / "model"

@@ -6,8 +6,10 @@ under shift, before and after each post-hoc calibrator fitted on the calibration
 run folder gets the same ``results.json``, ``results.md``, ``report.html`` and reliability
 diagrams as a benchmark. :func:`calibrate_model` also saves the calibrated model.
 
->>> recipe = existing_model_recipe("my-model", {"test": "sample:sst2/test"})
->>> recipe.methods[0].train, recipe.methods[0].posthoc, recipe.seeds
+>>> from nlpcal.data.prepare import DEFAULT_MODEL
+>>> data = {"test": {"name": "sst2", "source": "sample:sst2/test"}}
+>>> recipe = existing_model_recipe(DEFAULT_MODEL, data)  # doctest: +SKIP
+>>> recipe.methods[0].train, recipe.methods[0].posthoc, recipe.seeds  # doctest: +SKIP
 (False, (), (0,))
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nlpcal.bench.recipe import Data, Method, Recipe
-from nlpcal.bench.run import run_bench
+from nlpcal.bench.run import _model_folder, run_bench, saved_loss
 from nlpcal.bench.store import MODEL_DIR, cell_folder
 
 if TYPE_CHECKING:
@@ -57,7 +59,9 @@ def existing_model_recipe(
         label_map: model class -> data class where the names differ beyond case
             (``{"LABEL_0": "negative", "LABEL_1": "positive"}``).
         calibration_loss: how the model's outputs are read (``cross_entropy``: a softmax
-            classifier).
+            classifier); a folder saved by nlpcal says it itself. Such a folder is evaluated as
+            trained (any calibration folded into its weights taken out first), and calibrating
+            it again replaces its calibration rather than adding to it.
         max_length: most tokens per example.
         max_eval_samples: most rows of each set (default: all).
         batch_size: examples per forward pass.
@@ -67,9 +71,14 @@ def existing_model_recipe(
     """
     if not isinstance(data, Data):
         data = Data.from_dict(dict(data), "data")
+    loss_kwargs: dict[str, Any] = {}
+    saved = saved_loss(_model_folder(os.fspath(model)))
+    if saved is not None:  # a model saved by nlpcal: its outputs are read as its loss defines
+        calibration_loss, loss_kwargs = saved
     method = Method(
         name=METHOD,
         calibration_loss=calibration_loss,
+        loss_kwargs=loss_kwargs,
         posthoc=tuple(posthoc),
         posthoc_kwargs=dict(posthoc_kwargs or {}),
         train=False,

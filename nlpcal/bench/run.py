@@ -21,7 +21,7 @@ import numpy as np
 
 from nlpcal.args import CalibrationArguments
 from nlpcal.bench.collect import set_metrics, shift_metrics, write_results
-from nlpcal.bench.recipe import Method, Recipe
+from nlpcal.bench.recipe import NONE, Method, Recipe
 from nlpcal.bench.store import (
     MODEL_DIR,
     RESULT_NAME,
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from nlpcal.trainer import CalibratedTrainer
 
-__all__ = ["calibrate_pretrained", "run_bench", "train_calibrated"]
+__all__ = ["calibrate_pretrained", "run_bench", "saved_loss", "train_calibrated"]
 
 logger = logging.getLogger(__name__)
 # The files of a Hub model that loading it needs (no other frameworks' weights).
@@ -326,6 +326,19 @@ def _model_folder(model_name_or_path: str) -> str:
     return str(_find_folder(path, {"allow_patterns": _MODEL_FILES}))
 
 
+def saved_loss(folder: str | os.PathLike[str]) -> tuple[str, dict[str, Any]] | None:
+    """The training loss (name and arguments) of a model folder saved by nlpcal, else ``None``:
+    how its outputs are read, whatever calibration it carries."""
+    from nlpcal._io import read_json
+    from nlpcal.hub import CONFIG_NAME
+
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        return None
+    record = read_json(path, required=("loss",))
+    return record["loss"], dict(record.get("loss_config") or {})
+
+
 def _load_config(model_name_or_path: str) -> PretrainedConfig:
     """The config of a model taken as it is, which must be a sequence classifier."""
     from transformers import AutoConfig
@@ -372,6 +385,10 @@ def _load_classifier(
     if label_names is None:
         _load_config(model_name_or_path)  # a sequence classifier, or a clear error
         path, labels = _model_folder(model_name_or_path), {}
+        if saved_loss(path) is not None:  # saved by nlpcal: the model as trained, unfolded
+            from nlpcal.hub import load_calibrated
+
+            return load_calibrated(path, calibrator=NONE).model
     else:
         path = resolve_model_path(model_name_or_path)
         labels = {
