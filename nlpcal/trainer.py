@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,7 @@ class CalibratedTrainer(Trainer):
         loss: str | CalibrationLoss | None = None,
         calibrator: Calibrator | None = None,
         calibration_dataset: Any = None,
+        drift_datasets: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if model is None:
@@ -144,6 +145,11 @@ class CalibratedTrainer(Trainer):
             self.calibration["posthoc_kwargs"],
             self.calibration_loss.default_calibrator,
         )
+        unknown = [v for v in self.calibration["drift_variants"] if v not in self.posthoc]
+        if unknown:
+            raise ValueError(
+                f"drift_variants {unknown} are not posthoc variants; variants: {list(self.posthoc)}"
+            )
         active = self.calibration["active_calibrator"]
         if active is not None and active not in self.posthoc:
             raise ValueError(
@@ -161,6 +167,7 @@ class CalibratedTrainer(Trainer):
         self.active_calibrator: str | None = None
         self.calibrator = calibrator
         self.calibration_dataset = calibration_dataset
+        self.drift_datasets = list(drift_datasets or [])
         self._diagnostics: dict[str, Tensor] = {}
         self._diagnostic_steps = 0
         self._collect_features = False
@@ -237,12 +244,17 @@ class CalibratedTrainer(Trainer):
         self.calibrators = {} if calibrator is None else {calibrator.name: calibrator}
         self.active_calibrator = None if calibrator is None else calibrator.name
 
-    def calibrate(self, dataset: Any = None) -> dict[str, Calibrator]:
+    def calibrate(
+        self, dataset: Any = None, drift_datasets: Sequence[Any] | None = None
+    ) -> dict[str, Calibrator]:
         """Fit every post-hoc variant of ``args.posthoc`` on held-out ``dataset`` (one prediction
-        pass) and log ECE, NLL and Brier before and after each.
+        pass) and log ECE, NLL and Brier before and after each, on ``dataset``.
 
         ``dataset`` defaults to ``calibration_dataset`` or the eval set named by
-        ``args.calibration_set``. Never pass test data. Returns :attr:`calibrators`.
+        ``args.calibration_set``. Never pass test data. The variants of ``args.drift_variants``
+        are fitted drift-aware: on ``dataset`` and its perturbed copies ``drift_datasets``
+        (default: the trainer's), each copy weighted equally (same rows, so concatenated).
+        Returns :attr:`calibrators`.
         """
         dataset = dataset if dataset is not None else self._calibration_data()
         if dataset is None:
@@ -258,12 +270,8 @@ class CalibratedTrainer(Trainer):
         preds = self._predict(dataset, "calibration", features=features)
         if preds.labels is None:
             raise ValueError("the calibration dataset has no labels")
-        self.calibrators = {
-            variant: create_calibrator(name, **kwargs).fit(
-                preds.logits, preds.labels, preds.features
-            )
-            for variant, (name, kwargs) in self.posthoc.items()
-        }
+        drift = self.drift_predictions(drift_datasets, len(preds.labels))
+        self.calibrators = self._fit_variants(preds, drift)
         self.active_calibrator = self.calibration["active_calibrator"] or next(iter(self.posthoc))
         bins = self.calibration["ece_bins"]
         outputs = self.variant_outputs(preds)
@@ -279,6 +287,61 @@ class CalibratedTrainer(Trainer):
             )
         self.log(logs)
         return self.calibrators
+
+    def drift_predictions(
+        self, drift_datasets: Sequence[Any] | None = None, n: int | None = None
+    ) -> list[Predictions]:
+        """Predictions on the perturbed copies of the calibration data that drift-aware variants
+        are fitted on (none when ``args.drift_variants`` is empty).
+
+        Raises:
+            ValueError: drift-aware variants without perturbed copies, or a copy whose rows
+                differ in number from the calibration data's ``n``.
+        """
+        if not self.calibration["drift_variants"]:
+            return []
+        datasets = list(drift_datasets) if drift_datasets is not None else self.drift_datasets
+        if not datasets:
+            raise ValueError(
+                f"drift_variants {self.calibration['drift_variants']} need perturbed copies of the "
+                "calibration data: pass drift_datasets= to the trainer or to calibrate()"
+            )
+        features = any(
+            calibrator_class(self.posthoc[v].calibrator).requires_features
+            for v in self.calibration["drift_variants"]
+        )
+        preds = [
+            self._predict(d, f"calibration (perturbed copy {i})", features=features)
+            for i, d in enumerate(datasets, 1)
+        ]
+        for i, p in enumerate(preds, 1):
+            if p.labels is None or (n is not None and len(p.labels) != n):
+                raise ValueError(
+                    f"perturbed copy {i} of the calibration data must be labelled and have its "
+                    f"{n} rows, got {None if p.labels is None else len(p.labels)}"
+                )
+        return preds
+
+    def _fit_variants(
+        self, preds: Predictions, drift: Sequence[Predictions], rows: Tensor | None = None
+    ) -> dict[str, Calibrator]:
+        """Every post-hoc variant fitted on ``preds`` (its ``rows`` only, if given); the drift-aware
+        ones on ``preds`` and each perturbed copy of the same rows."""
+
+        def part(p: Predictions) -> Predictions:
+            if rows is None:
+                return p
+            return Predictions(p.logits[rows], p.labels[rows], _rows(p.features, rows))
+
+        clean = part(preds)
+        mixture = _concat([clean, *(part(p) for p in drift)]) if drift else clean
+        fitted = {}
+        for variant, (name, kwargs) in self.posthoc.items():
+            data = mixture if variant in self.calibration["drift_variants"] else clean
+            fitted[variant] = create_calibrator(name, **kwargs).fit(
+                data.logits, data.labels, data.features
+            )
+        return fitted
 
     def _calibration_data(self) -> Any:
         if self.calibration_dataset is not None:
@@ -384,7 +447,11 @@ class CalibratedTrainer(Trainer):
         }
 
     def cross_fitted_outputs(
-        self, preds: Predictions, folds: int = 2, seed: int = 0
+        self,
+        preds: Predictions,
+        folds: int = 2,
+        seed: int = 0,
+        drift: Sequence[Predictions] = (),
     ) -> dict[str, VariantOutput]:
         """The outputs of every variant of ``args.posthoc`` on held-out data, each example scored
         by calibrators fitted on the other folds only (cross-fitting), so that methods can be
@@ -392,7 +459,9 @@ class CalibratedTrainer(Trainer):
 
         ``preds`` are the predictions on the calibration data (with features when a variant needs
         them); the folds are a seeded random partition. ``"none"`` is the uncalibrated model,
-        which never saw this data. The trainer's own :attr:`calibrators` are left alone.
+        which never saw this data. Drift-aware variants are fitted on the other folds' rows of
+        ``preds`` and of each perturbed copy in ``drift`` (:meth:`drift_predictions`). The
+        trainer's own :attr:`calibrators` are left alone.
 
         Raises:
             ValueError: ``preds`` without labels, ``folds < 2``, or a fold with fewer than two
@@ -412,12 +481,7 @@ class CalibratedTrainer(Trainer):
         ood = {}
         for fold in range(folds):
             fit, held = fold_of != fold, fold_of == fold
-            calibrators = {
-                variant: create_calibrator(name, **kwargs).fit(
-                    preds.logits[fit], preds.labels[fit], _rows(preds.features, fit)
-                )
-                for variant, (name, kwargs) in self.posthoc.items()
-            }
+            calibrators = self._fit_variants(preds, drift, rows=fit)
             part = Predictions(preds.logits[held], preds.labels[held], _rows(preds.features, held))
             for variant, output in self.variant_outputs(part, calibrators).items():
                 class_probs.setdefault(variant, preds.logits.new_empty(preds.logits.shape))
@@ -714,6 +778,15 @@ class _SaveLossState(TrainerCallback):
             folder.mkdir(parents=True, exist_ok=True)
             write_text_atomic(folder / LOSS_STATE_NAME, json.dumps(loss_state))
         return control
+
+
+def _concat(parts: Sequence[Predictions]) -> Predictions:
+    features = [p.features for p in parts]
+    return Predictions(
+        logits=torch.cat([p.logits for p in parts]),
+        labels=torch.cat([p.labels for p in parts]),
+        features=None if features[0] is None else torch.cat(features),
+    )
 
 
 def _by_length(dataset: Any) -> np.ndarray | None:

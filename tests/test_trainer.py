@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, Sequence, Value
@@ -61,13 +62,16 @@ def make_args(tmp_path, **overrides) -> CalibrationArguments:
 
 
 def calibrated_trainer(tmp_path, n_train: int = 32, **overrides) -> CalibratedTrainer:
-    """A tiny BERT trained for a few steps, its post-hoc calibrators fitted on a held-out set."""
+    """A tiny BERT trained for a few steps, its post-hoc calibrators fitted on a held-out set
+    (drift-aware variants also on one copy of it)."""
     args = make_args(tmp_path, calibration_set="dev", **{"max_steps": 4, **overrides})
+    dev = signal_dataset(48, seed=3)
     trainer = CalibratedTrainer(
         tiny_model("bert"),
         args,
         train_dataset=signal_dataset(n_train),
-        eval_dataset={"dev": signal_dataset(48, seed=3)},
+        eval_dataset={"dev": dev},
+        drift_datasets=[dev],
     )
     trainer.train()
     return trainer
@@ -436,3 +440,58 @@ def test_cross_fitted_outputs_score_each_fold_with_calibrators_fitted_on_the_oth
         trainer.cross_fitted_outputs(preds, folds=1)
     with pytest.raises(ValueError, match="labelled"):
         trainer.cross_fitted_outputs(Predictions(logits, None))
+
+
+def test_drift_aware_fitting_on_unperturbed_copies_equals_plain_fitting(tmp_path):
+    trainer = calibrated_trainer(
+        tmp_path,
+        posthoc=["temperature", "t_drift=temperature"],
+        drift_variants=["t_drift"],
+    )
+    dev = trainer.eval_dataset["dev"]
+    fitted = trainer.calibrate(dev, drift_datasets=[dev, dev])
+    assert torch.allclose(
+        fitted["t_drift"].temperature, fitted["temperature"].temperature, rtol=1e-4
+    )
+
+
+def test_drift_aware_temperature_rises_with_the_perturbation_strength(tmp_path):
+    """Copies on which the model is ever more often wrong (stand-ins for stronger drift: their
+    labels moved off the predicted class) call for a higher temperature; the plain variant is
+    fitted on the clean data alone."""
+    trainer = calibrated_trainer(
+        tmp_path,
+        max_steps=60,
+        learning_rate=1e-3,
+        posthoc=["temperature", "t_drift=temperature"],
+        drift_variants=["t_drift"],
+    )
+    dev = trainer.eval_dataset["dev"]
+    predicted = trainer.predictions(dev).logits.argmax(-1).numpy()
+    wrong = (predicted + 1) % NUM_LABELS
+    temperatures, plain = [], set()
+    for share in (0.0, 0.3, 0.6):
+        moved = np.random.default_rng(0).random(len(dev)) < share
+        labels = np.where(moved, wrong, predicted)
+        copy = dev.remove_columns("label").add_column("label", labels.tolist())
+        fitted = trainer.calibrate(
+            dev.remove_columns("label").add_column("label", predicted.tolist()),
+            drift_datasets=[copy],
+        )
+        temperatures.append(float(fitted["t_drift"].temperature))
+        plain.add(round(float(fitted["temperature"].temperature), 6))
+    assert temperatures[0] < temperatures[1] < temperatures[2]
+    assert len(plain) == 1  # fitted on the same clean data each time
+
+
+def test_drift_variants_need_perturbed_copies_and_must_be_variants(tmp_path):
+    with pytest.raises(ValueError, match=r"drift_variants \['t'\] are not posthoc variants"):
+        calibrated_trainer(tmp_path, posthoc=["temperature"], drift_variants=["t"])
+    trainer = calibrated_trainer(tmp_path, posthoc=["temperature"])
+    trainer.calibration["drift_variants"] = ["temperature"]
+    trainer.drift_datasets = []
+    with pytest.raises(ValueError, match="need perturbed copies of the calibration data"):
+        trainer.calibrate(trainer.eval_dataset["dev"])
+    dev = trainer.eval_dataset["dev"]
+    with pytest.raises(ValueError, match="must be labelled and have its 48 rows"):
+        trainer.calibrate(dev, drift_datasets=[dev.select(range(10))])

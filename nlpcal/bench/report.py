@@ -196,6 +196,24 @@ def _tables(results: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[
             [r["method"], r["variant"], *(_cell(r["values"].get(m)) for m in columns)] for r in rows
         ]
         tables.append((title, ["method", "variant", *(COLUMNS[m] for m in columns)], body))
+    for ladder in results.get("drift_curves", []):
+        severities = list(ladder["sets"])
+        head = [
+            "model",
+            *(f"severity {s}" + (" (clean)" if str(s) == "0" else "") for s in severities),
+        ]
+        body = [
+            [
+                model,
+                *(
+                    _drift_cell(*(points[m].get(s) for m in ("ece", "accuracy", "confidence")))
+                    for s in severities
+                ),
+            ]
+            for model, points in ladder["curves"].items()
+        ]
+        title = f"drift: {ladder['title']} — ECE (accuracy / mean confidence), mean over seeds"
+        tables.append((title, head, body))
     if results.get("selection"):
         columns = [m for m in present if m != "ood_auroc"]
         title = f"calibration split ({SELECTION})"
@@ -231,6 +249,12 @@ def _cell(value: float | Mapping[str, float | None] | None) -> str:
         std = "" if value["std"] is None else f" ± {value['std']:.4f}"
         return f"{value['mean']:.4f}{std}"
     return f"{value:.4f}"
+
+
+def _drift_cell(ece: float | None, accuracy: float | None, confidence: float | None) -> str:
+    if ece is None:
+        return ""
+    return f"{ece:.3f} ({accuracy:.3f} / {confidence:.3f})"
 
 
 def _md_row(cells: list[str]) -> str:

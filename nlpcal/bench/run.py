@@ -21,7 +21,7 @@ import numpy as np
 
 from nlpcal.args import CalibrationArguments
 from nlpcal.bench.collect import set_metrics, shift_metrics, write_results
-from nlpcal.bench.recipe import NONE, Method, Recipe
+from nlpcal.bench.recipe import NONE, DriftSpec, Method, Recipe
 from nlpcal.bench.store import (
     MODEL_DIR,
     RESULT_NAME,
@@ -100,6 +100,7 @@ class _Data:
     calibration: Dataset
     sets: dict[str, Dataset]
     label_maps: dict[str, LabelMap]
+    drift: list[Dataset]
 
 
 def _load_data(recipe: Recipe) -> _Data:
@@ -135,6 +136,13 @@ def _load_data(recipe: Recipe) -> _Data:
         calibration = subsample(calibration, n_eval, seed)
     if recipe.trains:
         train = subsample(train, slicing.max_train_samples, seed)
+    drift = []
+    if any(m.drift_posthoc for m in recipe.methods):  # perturbed copies of the calibration rows
+        spec = data.calibration.drift or DriftSpec()
+        drift = [
+            corrupt_dataset(calibration, spec.corruption, severity, spec.seed)
+            for severity in spec.severities
+        ]
     sets, label_maps = {}, {}
     for spec in recipe.eval_sets:
         if not spec.labeled:
@@ -163,6 +171,7 @@ def _load_data(recipe: Recipe) -> _Data:
         calibration=prepared(calibration),
         sets={name: prepared(ds) for name, ds in sets.items()},
         label_maps=label_maps,
+        drift=[prepared(ds) for ds in drift],
     )
 
 
@@ -192,10 +201,15 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
     write the predictions, then the result."""
     start = time.time()
     args = recipe.training_arguments(method, seed, folder)
+    drift = data.drift if method.drift_posthoc else None
     if method.train:
-        trainer = train_calibrated(recipe.model, args, data.train, data.calibration, data.tokenizer)
+        trainer = train_calibrated(
+            recipe.model, args, data.train, data.calibration, data.tokenizer, drift_datasets=drift
+        )
     else:
-        trainer = calibrate_pretrained(recipe.model, args, data.calibration, data.tokenizer)
+        trainer = calibrate_pretrained(
+            recipe.model, args, data.calibration, data.tokenizer, drift_datasets=drift
+        )
     outputs = Outputs({}, {}, {})
     for name, dataset in data.sets.items():
         label_map = data.label_maps.get(name)
@@ -247,7 +261,8 @@ def _calibration_split_metrics(
         calibrator_class(v.calibrator).requires_features for v in trainer.posthoc.values()
     )
     preds = trainer.predictions(calibration, "calibration", features=features)
-    outputs = trainer.cross_fitted_outputs(preds, folds=2, seed=seed)
+    drift = trainer.drift_predictions(n=len(calibration))
+    outputs = trainer.cross_fitted_outputs(preds, folds=2, seed=seed, drift=drift)
     return {v: shift_metrics(out.class_probs, preds.labels) for v, out in outputs.items()}
 
 
@@ -258,6 +273,7 @@ def train_calibrated(
     calibration: Dataset,
     tokenizer: PreTrainedTokenizerBase,
     eval_dataset: dict[str, Dataset] | None = None,
+    drift_datasets: Sequence[Dataset] | None = None,
 ) -> CalibratedTrainer:
     """Fine-tune a freshly loaded classifier with the loss of ``args``, then fit its post-hoc
     calibrators on ``calibration``.
@@ -279,6 +295,7 @@ def train_calibrated(
         train_dataset=train,
         eval_dataset=eval_dataset,
         calibration_dataset=calibration,
+        drift_datasets=drift_datasets,
         processing_class=tokenizer,
     )
     trainer.train()
@@ -290,6 +307,7 @@ def calibrate_pretrained(
     args: CalibrationArguments,
     calibration: Dataset | None,
     tokenizer: PreTrainedTokenizerBase,
+    drift_datasets: Sequence[Dataset] | None = None,
 ) -> CalibratedTrainer:
     """Take a fine-tuned sequence classifier as it is (a folder or a Hub id) and fit the
     post-hoc calibrators of ``args`` on ``calibration`` (none without them); no training.
@@ -308,7 +326,11 @@ def calibrate_pretrained(
     set_seed(args.seed)
     model = _load_classifier(model_name_or_path)
     trainer = CalibratedTrainer(
-        model, args, calibration_dataset=calibration, processing_class=tokenizer
+        model,
+        args,
+        calibration_dataset=calibration,
+        drift_datasets=drift_datasets,
+        processing_class=tokenizer,
     )
     if trainer.posthoc:
         trainer.calibrate()
@@ -378,10 +400,6 @@ def _load_classifier(
             return False
         return True
 
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    load_logger.addFilter(hold_report)
-    only_head = False
     if label_names is None:
         _load_config(model_name_or_path)  # a sequence classifier, or a clear error
         path, labels = _model_folder(model_name_or_path), {}
@@ -396,6 +414,10 @@ def _load_classifier(
             "id2label": dict(enumerate(label_names)),
             "label2id": {n: i for i, n in enumerate(label_names)},
         }
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    load_logger.addFilter(hold_report)
+    only_head = False
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path, output_loading_info=True, **labels
