@@ -89,7 +89,17 @@ def _ensemble_value(
 def summarise(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per method and variant: ``{metric_where: [values over seeds]}``."""
     test, shifted = _sets(results)
-    variants = [(m["name"], ["none", *m["posthoc"]]) for m in results["recipe"]["methods"]]
+    variants = [
+        (
+            m["name"],
+            [
+                "none",
+                *(entry.partition("=")[0] for entry in m["posthoc"]),
+                *(f"{c}_drift" for c in m.get("drift_posthoc", [])),
+            ],
+        )
+        for m in results["recipe"]["methods"]
+    ]
     ensembles = len(results["recipe"]["seeds"]) > 1
     rows = []
     for method, names in variants:
