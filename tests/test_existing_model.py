@@ -253,3 +253,43 @@ def test_a_model_saved_by_nlpcal_is_evaluated_as_trained_and_recalibrated_once(t
 
 def model_folder_of(run: Path) -> Path:
     return run / "cells" / "model" / "seed_0" / "model"
+
+
+def test_calibrate_records_the_metrics_on_the_card_and_pushes_from_the_cli(
+    upper_reversed, tmp_path, monkeypatch, capsys
+):
+    from tests.test_hub_fold import CommitRecorder
+
+    hub = CommitRecorder(tmp_path / "hub", monkeypatch)
+    flags = ["--test", "sst2=sample:sst2/test", "--shifted", "imdb=sample:imdb"]
+    flags += ["--calibration", "sample:sst2/dev", "--max-eval-samples", "40"]
+    flags += ["--max-length", "32", "--output-dir", str(tmp_path / "run")]
+    assert main(["calibrate", str(upper_reversed), *flags, "--push-to-hub", "me/calibrated"]) == 0
+    assert "Pushed to" in capsys.readouterr().out
+    sent = set(hub.sent["me/calibrated"])
+    assert {"config.json", "model.safetensors", "nlpcal_config.json", "README.md"} <= sent
+    record = json.loads((tmp_path / "hub/me/calibrated/nlpcal_config.json").read_text())
+    assert record["eval_sets"]["in_domain"] == "sst2" and record["eval_sets"]["shifted"] == ["imdb"]
+    results = json.loads((tmp_path / "run/results.json").read_text())
+    reported = rows(results)[("model", "temperature", "imdb")]["ece"]
+    assert record["metrics"]["imdb"]["temperature"]["ece"] == pytest.approx(reported)
+    assert "imdb" in (tmp_path / "hub/me/calibrated/README.md").read_text()
+
+
+def test_a_push_without_network_is_one_line_and_keeps_the_local_model(
+    upper_reversed, tmp_path, monkeypatch, capsys
+):
+    import requests
+
+    from tests.test_hub_fold import CommitRecorder
+
+    CommitRecorder(tmp_path / "hub", monkeypatch, fail=requests.ConnectionError("no route"))
+    flags = ["--test", "sst2=sample:sst2/test", "--calibration", "sample:sst2/dev"]
+    flags += ["--max-eval-samples", "40", "--max-length", "32", "--output-dir", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["calibrate", str(upper_reversed), *flags, "--push-to-hub", "me/calibrated"])
+    assert exit_info.value.code == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("nlpcal: error")]
+    assert line.startswith("nlpcal: error: pushing to the Hub repository me/calibrated failed")
+    assert "cannot reach the Hub" in line
+    assert (model_folder_of(tmp_path / "r") / "nlpcal_config.json").is_file()

@@ -668,6 +668,8 @@ class Recipe(_Section):
             "posthoc": [*method.posthoc, *(f"{c}{DRIFT_SUFFIX}={c}" for c in method.drift_posthoc)],
             "posthoc_kwargs": method.posthoc_kwargs,
             "drift_variants": list(method.drift_variants),
+            "in_domain_set": self.data.test.name,  # roles recorded with a saved model
+            "ood_sets": [s.name for s in self.data.shifted],
             "ood_score": self.ood_score.value,
         }
         (args,) = parse_config(config, [CalibrationArguments])

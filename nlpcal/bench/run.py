@@ -232,7 +232,9 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
         if data.calibration is None
         else _calibration_split_metrics(trainer, data.calibration, seed)
     )
+    metrics = set_metrics(outputs, recipe.data.test.name)
     if recipe.save_model:
+        trainer.last_eval_metrics = metrics  # recorded with the model, shown on its card
         trainer.save_model(str(folder / MODEL_DIR))
     train_log = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), {})
     save_predictions(folder, outputs)
@@ -241,7 +243,7 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
         {
             "method": method.name,
             "seed": seed,
-            "metrics": set_metrics(outputs, recipe.data.test.name),
+            "metrics": metrics,
             **({} if selection is None else {"calibration_split": selection}),
             "train": train_log,
             "seconds": round(time.time() - start, 1),
