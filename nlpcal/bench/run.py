@@ -138,10 +138,10 @@ def _load_data(recipe: Recipe) -> _Data:
         train = subsample(train, slicing.max_train_samples, seed)
     drift = []
     if any(m.drift_posthoc for m in recipe.methods):  # perturbed copies of the calibration rows
-        spec = data.calibration.drift or DriftSpec()
+        ladder = data.calibration.drift or DriftSpec()
         drift = [
-            corrupt_dataset(calibration, spec.corruption, severity, spec.seed)
-            for severity in spec.severities
+            corrupt_dataset(calibration, ladder.corruption, severity, ladder.seed)
+            for severity in ladder.severities
         ]
     sets, label_maps = {}, {}
     for spec in recipe.eval_sets:
