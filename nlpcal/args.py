@@ -92,6 +92,14 @@ class CalibrationArguments(TrainingArguments):
         },
     )
     ece_bins: int = field(default=15, metadata={"help": "Equal-width bins of the reported ECE."})
+    drift_variants: list[str] | str = field(
+        default_factory=list,
+        metadata={
+            "help": "Post-hoc variants fitted drift-aware (Tomani et al. 2021): on the calibration "
+            "data plus its perturbed copies (the trainer's drift_datasets), every copy weighted "
+            "equally; the other variants are fitted on the calibration data alone."
+        },
+    )
     ood_score: str = field(
         default="confidence",
         metadata={
@@ -118,6 +126,8 @@ class CalibrationArguments(TrainingArguments):
             if not isinstance(value, dict):
                 raise ValueError(f"{name} must be a dict or a JSON object string, got {value!r}")
             setattr(self, name, value)
+        drift = self.drift_variants
+        self.drift_variants = [drift] if isinstance(drift, str) else list(drift or [])
         posthoc = [self.posthoc] if isinstance(self.posthoc, str) else list(self.posthoc)
         self.posthoc = [] if [p.lower() for p in posthoc] == ["none"] else posthoc
         if self.ece_bins < 1:

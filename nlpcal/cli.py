@@ -1,4 +1,5 @@
-"""The ``nlpcal`` command: ``train``, ``bench``, ``demo``, ``explain`` and ``list``.
+"""The ``nlpcal`` command: ``train``, ``bench``, ``evaluate``, ``calibrate``, ``demo``, ``explain``
+and ``list``.
 
 ``nlpcal train --config recipes/<name>.yaml [--method NAME] [--seed N] [--key value ...]`` runs one
 method and one seed of a recipe (:mod:`nlpcal.bench`, the same runner, files and numbers as
@@ -8,6 +9,14 @@ method and one seed of a recipe (:mod:`nlpcal.bench`, the same runner, files and
 ``nlpcal bench --recipe recipes/<name>.yaml [--output-dir DIR] [--no-resume]`` runs a benchmark
 recipe (:mod:`nlpcal.bench`): every method × seed, in-domain and under shift, the seed ensembles,
 and a report. Re-run with the same output folder, it resumes: finished cells are kept.
+
+``nlpcal evaluate MODEL [--config RECIPE | --test [NAME=]SOURCE --shifted NAME=SOURCE ...]`` scores
+a fine-tuned classifier as it is (a folder, a Hub id or a model saved by nlpcal), in-domain and under
+shift, with the same report as a benchmark; ``--posthoc NAME --calibration SOURCE`` adds post-hoc
+calibrators. ``nlpcal calibrate MODEL --calibration SOURCE ...`` fits them (default: temperature
+scaling), scores the model before and after, and saves the calibrated model (``--push-to-hub REPO``
+uploads it). With ``--config`` the recipe's ``data`` section (and ``data_dir``, ``max_length``,
+``label_map``, ``slicing.max_eval_samples``) is used; its methods and training are not.
 
 ``nlpcal demo [--loss NAME]`` runs the embedded default recipe offline: all-MiniLM-L6-v2 on the
 bundled SST-2 sample, cross-entropy and label smoothing with temperature scaling, two seeds, tested
@@ -73,6 +82,44 @@ def main(argv: list[str] | None = None) -> int:
             help="keep the finished cells of an earlier run in the output folder (default); "
             "--no-resume deletes them and starts over",
         )
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="score a fine-tuned classifier as it is, in-domain and under shift",
+        description="Score a fine-tuned classifier (folder or Hub id) on data in the recipe "
+        "schema: from --config, or from --test/--shifted/--calibration.",
+    )
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="fit post-hoc calibrators to a fine-tuned classifier and save it calibrated",
+        description="Fit post-hoc calibrators to a fine-tuned classifier on --calibration data, "
+        "score it before and after on the other sets, and save (or push) the calibrated model.",
+    )
+    for command, default in ((evaluate, "outputs/evaluate"), (calibrate, "outputs/calibrate")):
+        command.add_argument("model", help="a *ForSequenceClassification folder or Hub id")
+        command.add_argument("--config", help="a recipe whose data section to use")
+        command.add_argument("--test", help="the in-domain test set: [NAME=]SOURCE")
+        command.add_argument(
+            "--shifted", action="append", default=[], help="a shifted set: NAME=SOURCE (repeat)"
+        )
+        command.add_argument("--calibration", help="held-out data to fit calibrators on")
+        command.add_argument(
+            "--posthoc",
+            action="append",
+            help="a post-hoc calibrator (repeat; default: "
+            + ("none)" if command is evaluate else "temperature)"),
+        )
+        command.add_argument(
+            "--label-map",
+            action="append",
+            default=[],
+            help="MODEL_CLASS=DATA_CLASS where the names differ beyond case (repeat)",
+        )
+        command.add_argument("--data-dir", help="the shared data folder, for shared: sources")
+        command.add_argument("--max-length", type=int, help="most tokens per example")
+        command.add_argument("--max-eval-samples", type=int, help="most rows of each set")
+        command.add_argument("--batch-size", type=int, default=64, help="examples per batch")
+        command.add_argument("--output-dir", default=default, help=f"the run folder ({default})")
+    calibrate.add_argument("--push-to-hub", metavar="REPO", help="upload the calibrated model")
     explain = sub.add_parser(
         "explain",
         help="why is the model unsure: token attributions of texts, as text and HTML",
@@ -106,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         _run(args, rest)
+    except OSError as err:  # nlpcal's own Hub errors (no network, no token) are the user's too
+        if not isinstance(err, (*_USER_ERRORS, _hub_error())) or not _raised_by_nlpcal(err):
+            raise
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
     except _USER_ERRORS as err:
         if not _raised_by_nlpcal(err):
             raise
@@ -125,6 +176,9 @@ def _run(args: argparse.Namespace, rest: list[str]) -> None:
         return
     if args.command == "explain":
         _explain(args)
+        return
+    if args.command in ("evaluate", "calibrate"):
+        _existing_model(args)
         return
     from nlpcal.bench import Method, demo_recipe, load_recipe, run_bench, single_cell
 
@@ -149,6 +203,74 @@ def _run(args: argparse.Namespace, rest: list[str]) -> None:
     report = Path(output_dir) / "results.md"
     print(f"\n{headline(results)}\nFull report: {report} (and report.html beside it)\n")
     print(report.read_text())
+
+
+def _existing_model(args: argparse.Namespace) -> None:
+    """``nlpcal evaluate`` and ``nlpcal calibrate``: the runner on a model as it is."""
+    from nlpcal.bench.existing import existing_model_recipe, model_folder
+    from nlpcal.bench.recipe import read_recipe_file
+    from nlpcal.bench.report import headline
+    from nlpcal.bench.run import run_bench
+
+    options: dict = {}
+    if args.config:
+        if args.test or args.shifted or args.calibration:
+            raise ValueError("give the data with --config or with --test/--shifted/--calibration")
+        config = read_recipe_file(args.config)
+        if "data" not in config:
+            raise ValueError(f"{args.config}: no data section")
+        data = config["data"]
+        options = {k: config[k] for k in ("data_dir", "max_length", "label_map") if k in config}
+        slicing = config.get("slicing") or {}
+        if slicing.get("max_eval_samples") is not None:
+            options["max_eval_samples"] = slicing["max_eval_samples"]
+    else:
+        if not args.test:
+            raise ValueError("name the in-domain test set with --test [NAME=]SOURCE, or --config")
+        name, _, source = args.test.rpartition("=")
+        data = {
+            "test": {"name": name or "test", "source": source},
+            "shifted": [_named_source(spec, "--shifted") for spec in args.shifted],
+        }
+        if args.calibration:
+            data["calibration"] = args.calibration
+    posthoc = args.posthoc or ([] if args.command == "evaluate" else ["temperature"])
+    if posthoc and "calibration" not in data:
+        raise ValueError("post-hoc calibrators need held-out data: give --calibration SOURCE")
+    if args.label_map:
+        options["label_map"] = dict(
+            _named_source(p, "--label-map").values() for p in args.label_map
+        )
+    for key in ("data_dir", "max_length", "max_eval_samples"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    recipe = existing_model_recipe(
+        args.model,
+        data,
+        posthoc=posthoc,
+        batch_size=args.batch_size,
+        name=args.command,
+        save_model=args.command == "calibrate",
+        **options,
+    )
+    results = run_bench(recipe, args.output_dir, resume=False)
+    report = Path(args.output_dir) / "results.md"
+    print(f"\n{headline(results)}\nFull report: {report} (and report.html beside it)")
+    if args.command == "calibrate":
+        folder = model_folder(recipe, args.output_dir)
+        print(f"Calibrated model: {folder} (load it with nlpcal.load_calibrated)")
+        if args.push_to_hub:
+            from nlpcal.hub import load_calibrated
+
+            commit = load_calibrated(folder).push_to_hub(args.push_to_hub)
+            print(f"Pushed to {getattr(commit, 'commit_url', args.push_to_hub)}")
+
+
+def _named_source(spec: str, flag: str) -> dict[str, str]:
+    name, sep, value = spec.partition("=")
+    if not sep or not name or not value:
+        raise ValueError(f"{flag} takes NAME=VALUE, got {spec!r}")
+    return {"name": name, "source": value}
 
 
 def _explain(args: argparse.Namespace) -> None:
@@ -222,6 +344,12 @@ def _flag_pairs(flags: list[str]) -> dict[str, str]:
     return {
         key.removeprefix("--"): value for key, value in zip(flags[::2], flags[1::2], strict=True)
     }
+
+
+def _hub_error() -> type[OSError]:
+    from nlpcal.hub import HubError
+
+    return HubError
 
 
 def _raised_by_nlpcal(err: BaseException) -> bool:

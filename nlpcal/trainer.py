@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,15 @@ from nlpcal.functional.predictive import (
     predictive_ood_score,
     split_confidence,
 )
-from nlpcal.hub import REPLACED_ON_SAVE, calibration_card, save_calibration
+from nlpcal.hub import (
+    DIAGRAM_NAME,
+    REPLACED_ON_SAVE,
+    HubError,
+    calibration_record,
+    hub_reason,
+    model_card,
+    save_calibration,
+)
 from nlpcal.losses import CalibrationLoss, LossContext, create_loss
 from nlpcal.posthoc import Calibrator, calibrator_class, create_calibrator
 
@@ -121,6 +129,7 @@ class CalibratedTrainer(Trainer):
         loss: str | CalibrationLoss | None = None,
         calibrator: Calibrator | None = None,
         calibration_dataset: Any = None,
+        drift_datasets: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if model is None:
@@ -136,6 +145,11 @@ class CalibratedTrainer(Trainer):
             self.calibration["posthoc_kwargs"],
             self.calibration_loss.default_calibrator,
         )
+        unknown = [v for v in self.calibration["drift_variants"] if v not in self.posthoc]
+        if unknown:
+            raise ValueError(
+                f"drift_variants {unknown} are not posthoc variants; variants: {list(self.posthoc)}"
+            )
         active = self.calibration["active_calibrator"]
         if active is not None and active not in self.posthoc:
             raise ValueError(
@@ -153,10 +167,12 @@ class CalibratedTrainer(Trainer):
         self.active_calibrator: str | None = None
         self.calibrator = calibrator
         self.calibration_dataset = calibration_dataset
+        self.drift_datasets = list(drift_datasets or [])
         self._diagnostics: dict[str, Tensor] = {}
         self._diagnostic_steps = 0
         self._collect_features = False
         self.last_eval_metrics: dict[str, float] = {}
+        self.last_eval_curves: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         for callback in self.calibration_loss.callbacks():
             self.add_callback(callback)
         self.add_callback(_SaveLossState(self))
@@ -228,12 +244,17 @@ class CalibratedTrainer(Trainer):
         self.calibrators = {} if calibrator is None else {calibrator.name: calibrator}
         self.active_calibrator = None if calibrator is None else calibrator.name
 
-    def calibrate(self, dataset: Any = None) -> dict[str, Calibrator]:
+    def calibrate(
+        self, dataset: Any = None, drift_datasets: Sequence[Any] | None = None
+    ) -> dict[str, Calibrator]:
         """Fit every post-hoc variant of ``args.posthoc`` on held-out ``dataset`` (one prediction
-        pass) and log ECE, NLL and Brier before and after each.
+        pass) and log ECE, NLL and Brier before and after each, on ``dataset``.
 
         ``dataset`` defaults to ``calibration_dataset`` or the eval set named by
-        ``args.calibration_set``. Never pass test data. Returns :attr:`calibrators`.
+        ``args.calibration_set``. Never pass test data. The variants of ``args.drift_variants``
+        are fitted drift-aware: on ``dataset`` and its perturbed copies ``drift_datasets``
+        (default: the trainer's), each copy weighted equally (same rows, so concatenated).
+        Returns :attr:`calibrators`.
         """
         dataset = dataset if dataset is not None else self._calibration_data()
         if dataset is None:
@@ -249,12 +270,8 @@ class CalibratedTrainer(Trainer):
         preds = self._predict(dataset, "calibration", features=features)
         if preds.labels is None:
             raise ValueError("the calibration dataset has no labels")
-        self.calibrators = {
-            variant: create_calibrator(name, **kwargs).fit(
-                preds.logits, preds.labels, preds.features
-            )
-            for variant, (name, kwargs) in self.posthoc.items()
-        }
+        drift = self.drift_predictions(drift_datasets, len(preds.labels))
+        self.calibrators = self._fit_variants(preds, drift)
         self.active_calibrator = self.calibration["active_calibrator"] or next(iter(self.posthoc))
         bins = self.calibration["ece_bins"]
         outputs = self.variant_outputs(preds)
@@ -270,6 +287,61 @@ class CalibratedTrainer(Trainer):
             )
         self.log(logs)
         return self.calibrators
+
+    def drift_predictions(
+        self, drift_datasets: Sequence[Any] | None = None, n: int | None = None
+    ) -> list[Predictions]:
+        """Predictions on the perturbed copies of the calibration data that drift-aware variants
+        are fitted on (none when ``args.drift_variants`` is empty).
+
+        Raises:
+            ValueError: drift-aware variants without perturbed copies, or a copy whose rows
+                differ in number from the calibration data's ``n``.
+        """
+        if not self.calibration["drift_variants"]:
+            return []
+        datasets = list(drift_datasets) if drift_datasets is not None else self.drift_datasets
+        if not datasets:
+            raise ValueError(
+                f"drift_variants {self.calibration['drift_variants']} need perturbed copies of the "
+                "calibration data: pass drift_datasets= to the trainer or to calibrate()"
+            )
+        features = any(
+            calibrator_class(self.posthoc[v].calibrator).requires_features
+            for v in self.calibration["drift_variants"]
+        )
+        preds = [
+            self._predict(d, f"calibration (perturbed copy {i})", features=features)
+            for i, d in enumerate(datasets, 1)
+        ]
+        for i, p in enumerate(preds, 1):
+            if p.labels is None or (n is not None and len(p.labels) != n):
+                raise ValueError(
+                    f"perturbed copy {i} of the calibration data must be labelled and have its "
+                    f"{n} rows, got {None if p.labels is None else len(p.labels)}"
+                )
+        return preds
+
+    def _fit_variants(
+        self, preds: Predictions, drift: Sequence[Predictions], rows: Tensor | None = None
+    ) -> dict[str, Calibrator]:
+        """Every post-hoc variant fitted on ``preds`` (its ``rows`` only, if given); the drift-aware
+        ones on ``preds`` and each perturbed copy of the same rows."""
+
+        def part(p: Predictions) -> Predictions:
+            if rows is None:
+                return p
+            return Predictions(p.logits[rows], p.labels[rows], _rows(p.features, rows))
+
+        clean = part(preds)
+        mixture = _concat([clean, *(part(p) for p in drift)]) if drift else clean
+        fitted = {}
+        for variant, (name, kwargs) in self.posthoc.items():
+            data = mixture if variant in self.calibration["drift_variants"] else clean
+            fitted[variant] = create_calibrator(name, **kwargs).fit(
+                data.logits, data.labels, data.features
+            )
+        return fitted
 
     def _calibration_data(self) -> Any:
         if self.calibration_dataset is not None:
@@ -327,6 +399,7 @@ class CalibratedTrainer(Trainer):
             key = f"{metric_key_prefix}_{name}" if name else metric_key_prefix
             metrics.update(self._set_metrics(pred, outputs[name], key))
         metrics.update(self._ood_metrics(outputs, metric_key_prefix))
+        self.last_eval_curves = self._reliability_curves(preds, outputs)
         n_samples = sum(len(p.logits) for p in preds.values())
         metrics.update(speed_metrics(metric_key_prefix, start, num_samples=n_samples))
         self.log(metrics)
@@ -373,6 +446,50 @@ class CalibratedTrainer(Trainer):
             for name, (logits, normalized) in variants.items()
         }
 
+    def cross_fitted_outputs(
+        self,
+        preds: Predictions,
+        folds: int = 2,
+        seed: int = 0,
+        drift: Sequence[Predictions] = (),
+    ) -> dict[str, VariantOutput]:
+        """The outputs of every variant of ``args.posthoc`` on held-out data, each example scored
+        by calibrators fitted on the other folds only (cross-fitting), so that methods can be
+        compared on the calibration split without scoring a calibrator on its own fitting data.
+
+        ``preds`` are the predictions on the calibration data (with features when a variant needs
+        them); the folds are a seeded random partition. ``"none"`` is the uncalibrated model,
+        which never saw this data. Drift-aware variants are fitted on the other folds' rows of
+        ``preds`` and of each perturbed copy in ``drift`` (:meth:`drift_predictions`). The
+        trainer's own :attr:`calibrators` are left alone.
+
+        Raises:
+            ValueError: ``preds`` without labels, ``folds < 2``, or a fold with fewer than two
+                examples.
+        """
+        if preds.labels is None:
+            raise ValueError("cross-fitting needs labelled predictions")
+        n = len(preds.labels)
+        if folds < 2 or n < 2 * folds:
+            raise ValueError(
+                f"folds={folds}: expected at least 2 folds of at least 2 examples each "
+                f"({n} examples)"
+            )
+        generator = torch.Generator().manual_seed(seed)
+        fold_of = torch.randperm(n, generator=generator) % folds
+        class_probs = {}
+        ood = {}
+        for fold in range(folds):
+            fit, held = fold_of != fold, fold_of == fold
+            calibrators = self._fit_variants(preds, drift, rows=fit)
+            part = Predictions(preds.logits[held], preds.labels[held], _rows(preds.features, held))
+            for variant, output in self.variant_outputs(part, calibrators).items():
+                class_probs.setdefault(variant, preds.logits.new_empty(preds.logits.shape))
+                ood.setdefault(variant, preds.logits.new_empty(n))
+                class_probs[variant][held] = output.class_probs
+                ood[variant][held] = output.ood
+        return {v: VariantOutput(class_probs[v], ood[v]) for v in class_probs}
+
     def calibrated_probs(self, preds: Predictions) -> Tensor:
         """The predictive distribution after the active post-hoc calibrator (uncalibrated if none
         is fitted); rows sum to one. For SLOVA's outputs the confidence is not its maximum: see
@@ -405,10 +522,7 @@ class CalibratedTrainer(Trainer):
             raise ValueError(
                 f"ood_sets {missing} are not among the eval sets {sorted(map(str, outputs))}"
             )
-        in_name = self.calibration["in_domain_set"] or next(
-            (n for n in outputs if n not in ood_names and n != self.calibration["calibration_set"]),
-            None,
-        )
+        in_name = self._in_domain_name(outputs)
         if in_name not in outputs:
             raise ValueError(
                 f"in-domain set {in_name!r} is not among the eval sets {sorted(map(str, outputs))}"
@@ -423,11 +537,48 @@ class CalibratedTrainer(Trainer):
                 )
         return metrics
 
+    def _in_domain_name(self, names: Any) -> str | None:
+        """``args.in_domain_set``, else the first eval set that is neither out-of-domain nor the
+        calibration set."""
+        return self.calibration["in_domain_set"] or next(
+            (
+                n
+                for n in names
+                if n not in self.calibration["ood_sets"]
+                and n != self.calibration["calibration_set"]
+            ),
+            None,
+        )
+
+    def _reliability_curves(
+        self, preds: Mapping[str | None, Predictions], outputs: Mapping[Any, Any]
+    ) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+        """What the model card's reliability diagram draws: ``(probs, labels, confidence)`` of
+        the in-domain set before and after the active calibrator, and of each shifted set after
+        it."""
+        variant = self.active_calibrator or UNCALIBRATED
+        names = [n for n in preds if n is not None]
+        in_name = self._in_domain_name(names) if names else None
+        chosen = [(in_name, UNCALIBRATED), (in_name, variant)]
+        chosen += [(n, variant) for n in self.calibration["ood_sets"]]
+        curves = {}
+        for name, which in dict.fromkeys(chosen):
+            if name not in preds or preds[name].labels is None or which not in outputs[name]:
+                continue
+            probs, confidence = split_confidence(outputs[name][which].class_probs)
+            kind = "shifted" if name in self.calibration["ood_sets"] else "in-domain"
+            label = "uncalibrated" if which == UNCALIBRATED else which
+            curves[f"{name or 'eval'} ({kind}), {label}"] = (probs, preds[name].labels, confidence)
+        return curves
+
     def _predict(self, dataset: Any, name: str, features: bool = False) -> Predictions:
         if isinstance(dataset, str):
             dataset = self.eval_dataset[dataset]
         if hasattr(dataset, "column_names"):
             _check_dataset_labels(dataset, f"eval set {name!r}", self.model.config, required=False)
+        order = _by_length(dataset)
+        if order is not None:  # batches of similar lengths pad less; the order is restored below
+            dataset = dataset.select(order)
         self._collect_features = features
         try:
             output = self.evaluation_loop(
@@ -451,10 +602,18 @@ class CalibratedTrainer(Trainer):
             if output.label_ids is None
             else torch.as_tensor(np.asarray(output.label_ids)).long()
         )
-        return Predictions(
+        preds = Predictions(
             logits=logits,
             labels=labels,
             features=None if feats is None else torch.as_tensor(np.asarray(feats)).float(),
+        )
+        if order is None:
+            return preds
+        inverse = torch.as_tensor(np.argsort(order, kind="stable"))
+        return Predictions(
+            logits=preds.logits[inverse],
+            labels=None if preds.labels is None else preds.labels[inverse],
+            features=None if preds.features is None else preds.features[inverse],
         )
 
     def prediction_step(
@@ -489,6 +648,13 @@ class CalibratedTrainer(Trainer):
         """Save the model as ``Trainer`` does, plus the loss and every fitted calibrator (under
         ``calibrators/<variant>/``, the active one recorded; see :func:`~nlpcal.load_calibrated`).
 
+        Outside training, the active calibrator is folded into the saved output layer when it
+        can be (:func:`~nlpcal.hub.save_calibration`): plain ``transformers`` then loads a
+        calibrated model, and ``load_calibrated`` restores the unfolded layer before applying
+        any saved variant. The other variants are saved as they are, applied by
+        ``load_calibrated(..., calibrator=variant)`` only. Checkpoints written during training
+        are never folded, so that resuming continues from the trained weights.
+
         The saving process writes weights, config, tokenizer, training arguments and calibration
         to a temporary folder beside ``output_dir`` and moves them in only once all are written:
         a failed save leaves the previous one intact. Weight shards and calibrators of a previous
@@ -500,7 +666,12 @@ class CalibratedTrainer(Trainer):
             with staged_folder(output_dir, REPLACED_ON_SAVE) as staging:
                 super().save_model(str(staging), _internal_call=True)
                 save_calibration(
-                    staging, self.calibration_loss, self.calibrators, self.active_calibrator
+                    staging,
+                    self.calibration_loss,
+                    self.calibrators,
+                    self.active_calibrator,
+                    self.accelerator.unwrap_model(self.model),
+                    **self._record_kwargs(),
                 )
         else:
             # The other processes only join the collective gathers of a distributed save.
@@ -509,15 +680,89 @@ class CalibratedTrainer(Trainer):
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def create_model_card(self, **kwargs: Any) -> None:
-        """``Trainer``'s model card plus the calibration section (method, calibrators, metrics)."""
+        """``Trainer``'s model card made calibration-aware (:func:`~nlpcal.hub.model_card`):
+        which loaders give calibrated outputs, the loss and calibrators with their references,
+        the metrics table of the last :meth:`evaluate`, a ``model-index`` of the calibrated
+        metrics, and the reliability diagram of the last evaluation, saved beside it as
+        ``reliability_diagram.png``."""
+        from huggingface_hub import ModelCard
+
+        from nlpcal.metrics.plots import reliability_diagram
+
         super().create_model_card(**kwargs)
         if not self.is_world_process_zero():
             return
-        card = Path(self.args.output_dir) / "README.md"
-        section = calibration_card(
-            self.calibration_loss, self.calibrators, self.last_eval_metrics, self.active_calibrator
+        output_dir = Path(self.args.output_dir)
+        record = calibration_record(
+            self.calibration_loss,
+            self.calibrators,
+            self.active_calibrator,
+            self.accelerator.unwrap_model(self.model),
+            **self._record_kwargs(),
         )
-        card.write_text(card.read_text().rstrip() + "\n\n" + section)
+        diagram = None
+        if self.last_eval_curves:
+            bins = self.calibration["ece_bins"]
+            reliability_diagram(self.last_eval_curves, n_bins=bins, path=output_dir / DIAGRAM_NAME)
+            diagram = DIAGRAM_NAME
+        card_file = output_dir / "README.md"
+        card = model_card(
+            record,
+            model_name=kwargs.get("model_name"),
+            diagram=diagram,
+            card=ModelCard.load(card_file),
+        )
+        card.save(card_file)
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``Trainer.push_to_hub``: saves the model with its calibration (folded where it can
+        be, see :meth:`save_model`), writes the card and the reliability diagram
+        (:meth:`create_model_card`), and uploads ``output_dir`` except checkpoints.
+
+        Raises:
+            HubError: in one line naming the repository and the reason, when the Hub cannot be
+                reached, there is no token or the Hub refuses it; what was saved in
+                ``output_dir`` stays there, complete.
+        """
+        try:
+            return super().push_to_hub(
+                commit_message=commit_message,
+                blocking=blocking,
+                token=token,
+                revision=revision,
+                private=private,
+                **kwargs,
+            )
+        except HubError:
+            raise
+        except Exception as err:
+            reason = hub_reason(err)
+            if reason is None:
+                raise
+            repo = self.hub_model_id or self.args.hub_model_id or Path(self.args.output_dir).name
+            raise HubError(f"pushing to the Hub repository {repo} failed: {reason}") from err
+
+    def _record_kwargs(self) -> dict[str, Any]:
+        """What the calibration record holds beyond the loss and calibrators: the last
+        evaluation's metrics, ECE bins and eval-set roles; no fold while training runs."""
+        return {
+            "metrics": self.last_eval_metrics,
+            "ece_bins": self.calibration["ece_bins"],
+            "eval_sets": {
+                "in_domain": self.calibration["in_domain_set"],
+                "shifted": list(self.calibration["ood_sets"]),
+                "calibration": self.calibration["calibration_set"],
+            },
+            "fold": not self.is_in_train,
+        }
 
 
 class _SaveLossState(TrainerCallback):
@@ -533,6 +778,31 @@ class _SaveLossState(TrainerCallback):
             folder.mkdir(parents=True, exist_ok=True)
             write_text_atomic(folder / LOSS_STATE_NAME, json.dumps(loss_state))
         return control
+
+
+def _concat(parts: Sequence[Predictions]) -> Predictions:
+    features = [p.features for p in parts]
+    return Predictions(
+        logits=torch.cat([p.logits for p in parts]),
+        labels=torch.cat([p.labels for p in parts]),
+        features=None if features[0] is None else torch.cat(features),
+    )
+
+
+def _by_length(dataset: Any) -> np.ndarray | None:
+    """The rows of a tokenized dataset from the longest to the shortest (stable), or ``None``
+    when it has no ``input_ids`` column or is already in that order."""
+    import pyarrow.compute as pc
+
+    if "input_ids" not in getattr(dataset, "column_names", ()):
+        return None
+    lengths = pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_numpy()
+    order = np.argsort(-lengths, kind="stable")
+    return None if np.array_equal(order, np.arange(len(order))) else order
+
+
+def _rows(features: Tensor | None, mask: Tensor) -> Tensor | None:
+    return None if features is None else features[mask]
 
 
 def _check_dataset_labels(dataset: Any, what: str, config: Any, required: bool = True) -> None:

@@ -26,7 +26,7 @@ from nlpcal.data.prepare import DEFAULT_MODEL
 from tests.conftest import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = ("accuracy", "ece_10", "ece", "brier", "nll", "aurc")
+METRICS = ("accuracy", "confidence", "ece_10", "ece", "brier", "nll", "aurc")
 
 
 def save_tiny_classifier(folder: Path) -> Path:
@@ -151,6 +151,25 @@ def test_results_hold_every_cell_set_variant_and_metric(finished):
     assert len(rows) == len(results["rows"]) == 3 * 2 * (3 + 1)
 
 
+def test_calibration_split_metrics_are_cross_fitted_for_choosing_methods(finished):
+    _, results = finished
+    cells = {(c["method"], c["seed"]): c for c in results["cells"]}
+    assert list(cells[("ce", 0)]["calibration_split"]) == ["none", "temperature", "vector"]
+    assert list(cells[("ls", 1)]["calibration_split"]) == ["none"]
+    values = cells[("ce", 0)]["calibration_split"]["temperature"]
+    assert set(values) == set(METRICS) and 0 <= values["ece"] <= 1
+    # out-of-fold: temperature fitted on half the split, not on the examples it scores
+    rows = {(r["method"], r["variant"]): r["values"] for r in results["selection"]}
+    assert set(rows) == {("ce", "none"), ("ce", "temperature"), ("ce", "vector"), ("ls", "none")}
+    assert rows[("ce", "vector")]["ece"]["std"] is not None
+    assert "calibration split (held out from training" in (results_md := markdown_of(finished))
+    assert "| ls | none |" in results_md.split("calibration split (held out")[1]
+
+
+def markdown_of(finished) -> str:
+    return (finished[0] / "results.md").read_text()
+
+
 def test_report_files_mention_every_method_and_embed_the_figures(finished):
     out, _ = finished
     markdown, page = (out / "results.md").read_text(), (out / "report.html").read_text()
@@ -159,7 +178,7 @@ def test_report_files_mention_every_method_and_embed_the_figures(finished):
         for variant in variants:
             assert (out / f"reliability_{method}_{variant}.png").is_file()
     assert "## sst2_c5 (shifted, n = 40)" in markdown
-    assert page.count("src='data:image/png;base64,") == 4
+    assert page.count("src='data:image/png;base64,") == 4 + 1  # reliability diagrams, a drift curve
     assert not re.search(r"(src|href)=['\"]?(https?:|/|\.)", page)
 
 
@@ -342,7 +361,7 @@ def test_unlabelled_sets_are_scored_for_ood_detection_only(model_dir, tmp_path):
     title = "texts (shifted, unlabelled: OOD detection only, n = 30)"
     unlabelled = next(rows for t, rows in tables.items() if t.startswith(title))
     assert unlabelled[0] == labelled[0]  # the header
-    assert re.fullmatch(r"\| ce \| none \|(  \|){6} 0\.\d{4} ± 0\.\d{4} \|", unlabelled[2])
+    assert re.fullmatch(r"\| ce \| none \|(  \|){7} 0\.\d{4} ± 0\.\d{4} \|", unlabelled[2])
 
 
 @pytest.mark.parametrize(
@@ -397,7 +416,31 @@ def test_unlabelled_sets_that_cannot_work_are_refused(model_dir, change, message
         ({"slicing": {"max_train_samples": 0}}, "max_train_samples"),
         (
             {"data": {"train": "sample:sst2/train", "test": {"name": "t", "source": "x"}}},
-            r"needs the keys \['calibration'\]",
+            r"the methods \['ce'\] have post-hoc calibrators: the recipe needs data.calibration",
+        ),
+        (
+            {"data": {"calibration": "sample:sst2/dev", "test": {"name": "t", "source": "x"}}},
+            r"the methods \['ce', 'ls'\] train: the recipe needs data.train",
+        ),
+        (
+            {
+                "methods": [
+                    {"name": "a", "calibration_loss": "cross_entropy", "train": False},
+                    {"name": "b", "calibration_loss": "cross_entropy"},
+                ]
+            },
+            r"the methods \['b'\] train and the others have train: false",
+        ),
+        ({"label_map": {"LABEL_0": "negative"}}, "label_map is for a model trained elsewhere"),
+        (
+            {
+                "data": {
+                    "train": "sample:sst2/train",
+                    "calibration": "sample:sst2/test",
+                    "test": {"name": "sst2", "source": "sample:sst2/test"},
+                }
+            },
+            "data.calibration is also the eval set 'sst2'",
         ),
         ({"max_length": "64"}, "max_length must be an integer >= 1, got '64'"),
         ({"ood_score": "maxprob"}, "unknown ood_score 'maxprob'; available: confidence, msp"),
@@ -576,7 +619,13 @@ def test_repository_recipes_are_valid(path):
 
 @pytest.mark.parametrize(
     ("name", "n_test"),
-    [("sst2_shift_cpu", 872), ("snli_mnli_cpu", 1000), ("agnews_corrupt_cpu", 1000)],
+    [
+        ("sst2_shift_cpu", 872),
+        ("snli_mnli_cpu", 1000),
+        ("agnews_corrupt_cpu", 1000),
+        ("snli_mnli_overconfident_cpu", 1000),
+        ("agnews_corrupt_overconfident_cpu", 1000),
+    ],
 )
 def test_cpu_recipes_load_their_shared_data(shared_data, monkeypatch, name, n_test):
     monkeypatch.chdir(REPO)  # data_dir is relative to the working directory
@@ -614,3 +663,114 @@ def test_the_headline_shows_ece_before_and_after_calibration(finished):
         in text
     )
     assert "| ls | uncalibrated |" in text and "ensemble" not in text
+
+
+def test_drift_aware_variants_are_fitted_on_perturbed_copies_of_the_calibration_rows(
+    model_dir, tmp_path, monkeypatch
+):
+    corrupted = []
+    corrupt = bench_run.corrupt_dataset
+
+    def recorded(dataset, *args, **kwargs):
+        out = corrupt(dataset, *args, **kwargs)
+        corrupted.append((list(dataset["text"]), args, kwargs))
+        return out
+
+    monkeypatch.setattr(bench_run, "corrupt_dataset", recorded)
+    method = {
+        "name": "ce",
+        "calibration_loss": "cross_entropy",
+        "posthoc": ["temperature"],
+        "drift_posthoc": ["temperature"],
+    }
+    data = tiny_recipe(model_dir)["data"]
+    data["calibration"] = {"source": "sample:sst2/dev", "drift": {"severities": [2, 4]}}
+    recipe = Recipe.from_dict(tiny_recipe(model_dir, methods=[method], seeds=[0], data=data))
+    assert recipe.methods[0].variants == ("none", "temperature", "temperature_drift")
+    results = run_bench(recipe, tmp_path)
+    (cell,) = results["cells"]
+    assert list(cell["metrics"]["imdb"]) == ["none", "temperature", "temperature_drift"]
+    assert set(cell["calibration_split"]) == {"none", "temperature", "temperature_drift"}
+    copies = [c for c in corrupted if c[1][1:] in ((2, 0), (4, 0))]  # (corruption, severity, seed)
+    assert [c[1][1] for c in copies] == [2, 4]
+    data = bench_run._load_data(recipe)
+    assert all(len(texts) == 40 for texts, _, _ in copies)
+    test_texts = set(load_source_texts("sample:sst2/test"))
+    assert not any(set(texts) & test_texts for texts, _, _ in copies)
+    assert copies[0][0] == copies[1][0]  # the same calibration rows, at two strengths
+    assert data.drift[0]["input_ids"] == bench_run._load_data(recipe).drift[0]["input_ids"]
+
+
+def load_source_texts(source: str) -> list[str]:
+    from nlpcal.data import load_source
+
+    return list(load_source(source, None)["text"])
+
+
+@pytest.mark.parametrize(
+    ("drift", "message"),
+    [
+        ({"severities": []}, "non-empty, strictly increasing"),
+        ({"severities": [3, 2]}, "non-empty, strictly increasing"),
+        ({"severities": [0]}, "from 1 to 5"),
+        ({"corruption": "shout"}, "unknown data.calibration.drift.corruption"),
+    ],
+)
+def test_a_bad_drift_schedule_is_refused(model_dir, drift, message):
+    data = tiny_recipe(model_dir)["data"]
+    data["calibration"] = {"source": "sample:sst2/dev", "drift": drift}
+    with pytest.raises(ValueError, match=message):
+        Recipe.from_dict(tiny_recipe(model_dir, data=data))
+
+
+def test_drift_curves_follow_the_corrupted_copies_of_a_set(finished):
+    out, results = finished
+    (ladder,) = results["drift_curves"]
+    assert ladder["sets"] == {"0": "sst2", "5": "sst2_c5"} and ladder["corruption"] == "mixed"
+    rows = {(r["method"], r["variant"], r["set"]): r["values"] for r in results["rows"]}
+    for severity, name in ladder["sets"].items():
+        for metric in ("ece", "accuracy", "confidence"):
+            expected = rows[("ce", "vector", name)][metric]["mean"]
+            assert ladder["curves"]["ce vector"][metric][severity] == expected
+    assert "ls ensemble" not in ladder["curves"]
+    assert (out / "drift_sst2_mixed.png").is_file()
+    assert "drift: mixed corruptions of sst2" in (out / "results.md").read_text()
+    assert "drift: mixed corruptions of sst2" in (out / "report.html").read_text()
+
+
+def test_drift_curves_are_averaged_over_corruptions_at_shared_severities(model_dir):
+    from nlpcal.bench.collect import drift_ladders
+
+    def corrupted(name, corruption, severity):
+        return {
+            "name": name,
+            "source": "sample:sst2/test",
+            "corrupt": {"corruption": corruption, "severity": severity},
+        }
+
+    data = tiny_recipe(model_dir)["data"]
+    data["shifted"] = [
+        corrupted("kb1", "keyboard", 1),
+        corrupted("kb3", "keyboard", 3),
+        corrupted("wd3", "word_drop", 3),
+    ]
+    recipe = Recipe.from_dict(tiny_recipe(model_dir, data=data))
+    ece = {"sst2": 0.1, "kb1": 0.2, "kb3": 0.3, "wd3": 0.5}
+    rows = [
+        {
+            "method": "ce",
+            "variant": "none",
+            "set": name,
+            "values": {
+                "ece": {"mean": value},
+                "accuracy": {"mean": 0.8},
+                "confidence": {"mean": 0.9},
+            },
+        }
+        for name, value in ece.items()
+    ]
+    ladders = {ladder["name"]: ladder for ladder in drift_ladders(recipe, rows)}
+    assert ladders["sst2_keyboard"]["curves"]["ce none"]["ece"] == {"0": 0.1, "1": 0.2, "3": 0.3}
+    averaged = ladders["sst2_keyboard_averaged"]
+    assert averaged["curves"]["ce none"]["ece"] == {"0": 0.1, "3": pytest.approx(0.4)}
+    assert averaged["sets"]["3"] == ["kb3", "wd3"]

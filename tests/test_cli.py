@@ -214,7 +214,7 @@ def test_bench_reports_a_bad_recipe_without_a_traceback(tmp_path, capsys):
     recipe = {"task": "sentiment", "data": {}, "methods": [], "seeds": [0]}
     path = write_config(tmp_path / "bad.yaml", recipe)
     err = user_error(["bench", "--recipe", path], capsys)
-    assert "needs the keys ['train', 'calibration', 'test']" in err
+    assert "data needs the keys ['test']" in err
 
 
 def test_bench_reports_an_unknown_loss(model_dir, tmp_path, capsys):

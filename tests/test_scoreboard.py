@@ -46,3 +46,45 @@ def test_a_run_with_a_missing_cell_fails(finished, tmp_path):  # noqa: F811
 def test_an_unfinished_run_fails(tmp_path):
     with pytest.raises(FileNotFoundError, match="has not finished"):
         scoreboard.load_run(tmp_path)
+
+
+def _selection(*rows):
+    return {
+        "selection": [
+            {
+                "method": m,
+                "variant": v,
+                "values": {
+                    "accuracy": {"mean": a, "std": 0.0},
+                    "ece": {"mean": e, "std": 0.0},
+                    "nll": {"mean": n, "std": 0.0},
+                },
+            }
+            for m, v, a, e, n in rows
+        ]
+    }
+
+
+def test_the_recommended_recipe_is_chosen_on_the_calibration_split_at_equal_accuracy():
+    results = _selection(
+        ("cross_entropy", "none", 0.850, 0.120, 0.60),
+        ("cross_entropy", "temperature", 0.850, 0.040, 0.40),
+        ("regmixup", "adats", 0.840, 0.010, 0.30),  # best ECE, but 1 point less accurate
+        ("label_smoothing", "temperature", 0.848, 0.030, 0.39),
+        ("label_smoothing", "vector", 0.847, 0.030, 0.38),  # ECE tie: lower NLL wins
+    )
+    chosen = scoreboard.nominate(results)
+    assert (chosen["method"], chosen["variant"]) == ("label_smoothing", "vector")
+    assert scoreboard.nominate({"selection": []}) is None
+    assert scoreboard.nominate({}) is None
+
+
+def test_the_scoreboard_names_the_recommended_recipe(finished):  # noqa: F811
+    out, results = finished
+    text = scoreboard.scoreboard({"Tiny shift": out})
+    # the tiny run has no cross_entropy method, so no baseline and no nomination
+    assert "Recommended recipe" not in text
+    renamed = json.loads(json.dumps(results).replace('"ce"', '"cross_entropy"'))
+    chosen = scoreboard.nominate(renamed)
+    assert chosen is not None
+    assert f"`{chosen['method']}` {chosen['variant']}" in scoreboard.section("T", out, renamed)

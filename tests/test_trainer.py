@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, Sequence, Value
@@ -67,13 +68,16 @@ def make_args(tmp_path, **overrides) -> CalibrationArguments:
 
 
 def calibrated_trainer(tmp_path, n_train: int = 32, **overrides) -> CalibratedTrainer:
-    """A tiny BERT trained for a few steps, its post-hoc calibrators fitted on a held-out set."""
+    """A tiny BERT trained for a few steps, its post-hoc calibrators fitted on a held-out set
+    (drift-aware variants also on one copy of it)."""
     args = make_args(tmp_path, calibration_set="dev", **{"max_steps": 4, **overrides})
+    dev = signal_dataset(48, seed=3)
     trainer = CalibratedTrainer(
         tiny_model("bert"),
         args,
         train_dataset=signal_dataset(n_train),
-        eval_dataset={"dev": signal_dataset(48, seed=3)},
+        eval_dataset={"dev": dev},
+        drift_datasets=[dev],
     )
     trainer.train()
     return trainer
@@ -416,3 +420,85 @@ def test_loss_state_is_checkpointed_and_restored_on_resume(tmp_path):
     )
     resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
     assert resumed.calibration_loss.calls == 6
+
+
+def test_cross_fitted_outputs_score_each_fold_with_calibrators_fitted_on_the_other(tmp_path):
+    from nlpcal.trainer import Predictions
+
+    trainer = calibrated_trainer(tmp_path, posthoc=["temperature", "vector"])
+    fitted = dict(trainer.calibrators)
+    torch.manual_seed(0)
+    logits = 4 * torch.randn(40, 2)
+    labels = torch.randint(0, 2, (40,))
+    preds = Predictions(logits, labels)
+    outputs = trainer.cross_fitted_outputs(preds, folds=2, seed=3)
+    assert list(outputs) == ["none", "temperature", "vector"]
+    assert torch.allclose(outputs["none"].class_probs, logits.softmax(-1))
+    fold_of = torch.randperm(40, generator=torch.Generator().manual_seed(3)) % 2
+    held, fit = fold_of == 0, fold_of == 1
+    from nlpcal.posthoc import create_calibrator
+
+    expected = create_calibrator("temperature").fit(logits[fit], labels[fit])(logits[held])
+    assert torch.allclose(outputs["temperature"].class_probs[held], expected.softmax(-1), atol=1e-6)
+    in_sample = create_calibrator("temperature").fit(logits, labels)(logits[held])
+    assert not torch.allclose(outputs["temperature"].class_probs[held], in_sample.softmax(-1))
+    assert trainer.calibrators == fitted  # the trainer's own calibrators are left alone
+    with pytest.raises(ValueError, match="folds=1"):
+        trainer.cross_fitted_outputs(preds, folds=1)
+    with pytest.raises(ValueError, match="labelled"):
+        trainer.cross_fitted_outputs(Predictions(logits, None))
+
+
+def test_drift_aware_fitting_on_unperturbed_copies_equals_plain_fitting(tmp_path):
+    trainer = calibrated_trainer(
+        tmp_path,
+        posthoc=["temperature", "t_drift=temperature"],
+        drift_variants=["t_drift"],
+    )
+    dev = trainer.eval_dataset["dev"]
+    fitted = trainer.calibrate(dev, drift_datasets=[dev, dev])
+    assert torch.allclose(
+        fitted["t_drift"].temperature, fitted["temperature"].temperature, rtol=1e-4
+    )
+
+
+def test_drift_aware_temperature_rises_with_the_perturbation_strength(tmp_path):
+    """Copies on which the model is ever more often wrong (stand-ins for stronger drift: their
+    labels moved off the predicted class) call for a higher temperature; the plain variant is
+    fitted on the clean data alone."""
+    trainer = calibrated_trainer(
+        tmp_path,
+        max_steps=60,
+        learning_rate=1e-3,
+        posthoc=["temperature", "t_drift=temperature"],
+        drift_variants=["t_drift"],
+    )
+    dev = trainer.eval_dataset["dev"]
+    predicted = trainer.predictions(dev).logits.argmax(-1).numpy()
+    wrong = (predicted + 1) % NUM_LABELS
+    temperatures, plain = [], set()
+    for share in (0.0, 0.3, 0.6):
+        moved = np.random.default_rng(0).random(len(dev)) < share
+        labels = np.where(moved, wrong, predicted)
+        copy = dev.remove_columns("label").add_column("label", labels.tolist())
+        fitted = trainer.calibrate(
+            dev.remove_columns("label").add_column("label", predicted.tolist()),
+            drift_datasets=[copy],
+        )
+        temperatures.append(float(fitted["t_drift"].temperature))
+        plain.add(round(float(fitted["temperature"].temperature), 6))
+    assert temperatures[0] < temperatures[1] < temperatures[2]
+    assert len(plain) == 1  # fitted on the same clean data each time
+
+
+def test_drift_variants_need_perturbed_copies_and_must_be_variants(tmp_path):
+    with pytest.raises(ValueError, match=r"drift_variants \['t'\] are not posthoc variants"):
+        calibrated_trainer(tmp_path, posthoc=["temperature"], drift_variants=["t"])
+    trainer = calibrated_trainer(tmp_path, posthoc=["temperature"])
+    trainer.calibration["drift_variants"] = ["temperature"]
+    trainer.drift_datasets = []
+    with pytest.raises(ValueError, match="need perturbed copies of the calibration data"):
+        trainer.calibrate(trainer.eval_dataset["dev"])
+    dev = trainer.eval_dataset["dev"]
+    with pytest.raises(ValueError, match="must be labelled and have its 48 rows"):
+        trainer.calibrate(dev, drift_datasets=[dev.select(range(10))])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,8 @@ METRICS = tuple(COLUMNS)  # keys of the metric vocabulary (nlpcal.metrics.vocabu
 def shift_metrics(
     class_probs: Any, labels: Any | None, ood: Any | None = None, in_domain_ood: Any | None = None
 ) -> dict[str, float]:
-    """The benchmark's metrics of one set: accuracy, ECE (10 and, as ``ece``, 15 bins), Brier,
-    NLL, AURC and, when the OOD scores of this set and of the in-domain set are given, the OOD
+    """The benchmark's metrics of one set: accuracy, mean top-label confidence, ECE (10 and, as
+    ``ece``, 15 bins), Brier, NLL, AURC and, when the OOD scores of this set and of the in-domain set are given, the OOD
     AUROC of this set against the in-domain set (in-domain as positive). An unlabelled set
     (``labels=None``) has only the OOD AUROC.
 
@@ -54,6 +55,7 @@ def shift_metrics(
         values = evaluation_metrics(probs, labels, n_bins=15, confidence=confidence)
         result = {
             "accuracy": values["accuracy"],
+            "confidence": confidence.float().mean(),
             "ece_10": expected_calibration_error(probs, labels, n_bins=10, confidence=confidence),
             "ece": values["ece"],
             "brier": values["brier"],
@@ -84,9 +86,9 @@ def set_metrics(outputs: Outputs, test: str) -> dict[str, dict[str, dict[str, fl
 def write_results(recipe: Recipe, out: Path) -> dict[str, Any]:
     """Aggregate the finished cells over seeds, score the seed ensembles, and write
     ``results.json``, ``results.md``, ``report.html`` and the reliability diagrams."""
-    from nlpcal.metrics.plots import reliability_diagram
+    from nlpcal.metrics.plots import drift_curves, reliability_diagram
 
-    cells, rows, figures = [], [], {}
+    cells, rows, selection, figures = [], [], [], {}
     test = recipe.data.test.name
     kinds = {s.name: "in-domain" if s.name == test else "shifted" for s in recipe.eval_sets}
     seeds = list(recipe.seeds)
@@ -105,6 +107,20 @@ def write_results(recipe: Recipe, out: Path) -> dict[str, Any]:
             }
             for name in kinds
         }
+        if all("calibration_split" in r for r in results):  # cells of older runs lack it
+            selection += [
+                {
+                    "method": method.name,
+                    "variant": variant,
+                    "seeds": seeds,
+                    "values": {
+                        m: _mean_std([r["calibration_split"][variant].get(m) for r in results])
+                        for m in METRICS
+                        if m != "ood_auroc"
+                    },
+                }
+                for variant in method.variants
+            ]
         if len(members) > 1:
             ensemble = _ensemble(members, method.variants, recipe.ood_score.value)
             for name, variants in set_metrics(ensemble, test).items():
@@ -136,17 +152,108 @@ def write_results(recipe: Recipe, out: Path) -> dict[str, Any]:
             title = f"{method.name}, {label} ({len(members)} seeds pooled)"
             reliability_diagram(curves, n_bins=15, path=path, title=title)
             figures[f"{method.name}: {label}"] = path
+    ladders = drift_ladders(recipe, rows)
+    for ladder in ladders:
+        path = out / f"drift_{ladder['name']}.png"
+        ece = {
+            name: {int(s): v for s, v in points["ece"].items() if v is not None}
+            for name, points in ladder["curves"].items()
+        }
+        drift_curves(ece, "ECE (15 bins)", f"{ladder['title']} (mean over seeds)", path)
+        figures[f"drift: {ladder['title']}"] = path
     results = {
         "recipe": recipe.to_dict(),
         "label_maps": {k: v for c in cells for k, v in c.get("label_maps", {}).items()},
         "environment": environment(sorted({c["device"] for c in cells})),
         "cells": cells,
         "rows": rows,
+        "selection": selection,
+        "drift_curves": ladders,
     }
     write_json(out / "results.json", results)
     (out / "results.md").write_text(markdown_report(results))
     (out / "report.html").write_text(html_report(results, figures))
     return results
+
+
+DRIFT_METRICS = ("ece", "accuracy", "confidence")
+
+
+def drift_ladders(recipe: Recipe, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Drift curves: for each source with corrupted copies among the eval sets, each method and
+    variant's ECE, accuracy and mean confidence (means over seeds) against the severity, per
+    corruption and, with several corruptions of one source, averaged over them at the
+    severities they share. Severity 0 is the uncorrupted set of the same source, if evaluated.
+    Single models only (no ensembles)."""
+    clean: dict[str, str] = {}
+    ladders: dict[tuple[str, str], dict[int, str]] = {}
+    for spec in recipe.eval_sets:
+        columns = (spec.source, spec.text_column, spec.text_pair_column, spec.label_column)
+        source = json.dumps(columns, default=str)
+        if spec.corrupt is None:
+            clean.setdefault(source, spec.name)
+        elif spec.labeled:
+            ladders.setdefault((source, spec.corrupt.corruption.value), {})[
+                spec.corrupt.severity
+            ] = spec.name
+    values = {
+        (r["method"], r["variant"], r["set"]): r["values"]
+        for r in rows
+        if not r["variant"].startswith(ENSEMBLE)
+    }
+    models = list(dict.fromkeys((m, v) for m, v, _ in values))
+    result, by_source = [], {}
+    for (source, corruption), sets in ladders.items():
+        if source in clean:
+            sets = {0: clean[source], **sets}
+        sets = dict(sorted(sets.items()))
+        sets = {str(severity): name for severity, name in sets.items()}  # JSON keys
+        curves = {
+            f"{method} {variant}": {
+                metric: {
+                    severity: _mean_value(values.get((method, variant, name), {}).get(metric))
+                    for severity, name in sets.items()
+                }
+                for metric in DRIFT_METRICS
+            }
+            for method, variant in models
+        }
+        base = next(iter(sets.values()))
+        ladder = {"name": f"{base}_{corruption}", "corruption": corruption, "sets": sets}
+        ladder["curves"] = curves
+        ladder["title"] = f"{corruption} corruptions of {base}"
+        result.append(ladder)
+        by_source.setdefault(source, []).append(ladder)
+    for group in by_source.values():
+        if len(group) < 2:
+            continue
+        shared = sorted(set.intersection(*(set(lad["sets"]) for lad in group)), key=int)
+        curves = {
+            model: {
+                metric: {
+                    s: float(np.mean([lad["curves"][model][metric][s] for lad in group]))
+                    for s in shared
+                }
+                for metric in DRIFT_METRICS
+            }
+            for model in group[0]["curves"]
+        }
+        first = group[0]
+        result.append(
+            {
+                "name": f"{first['name']}_averaged",
+                "corruption": "averaged",
+                "sets": {s: [lad["sets"][s] for lad in group] for s in shared},
+                "curves": curves,
+                "title": f"{first['title'].split(' corruptions of ')[1]}, averaged over "
+                f"{', '.join(lad['corruption'] for lad in group)}",
+            }
+        )
+    return result
+
+
+def _mean_value(value: Any) -> float | None:
+    return value["mean"] if isinstance(value, Mapping) else value
 
 
 def _ensemble(members: Sequence[Outputs], variants: Sequence[str], method: str) -> Outputs:
@@ -171,8 +278,9 @@ def _ensemble(members: Sequence[Outputs], variants: Sequence[str], method: str) 
 
 
 def _mean_std(values: Sequence[float | None]) -> dict[str, float | None] | None:
-    """Mean and sample standard deviation (ddof=1; ``None`` for one seed) over seeds."""
-    if values[0] is None:
+    """Mean and sample standard deviation (ddof=1; ``None`` for one seed) over seeds; ``None``
+    when a seed lacks the value (a cell written before the metric existed)."""
+    if any(v is None for v in values):
         return None
     array = np.asarray(values, dtype=np.float64)
     std = float(array.std(ddof=1)) if len(array) > 1 else None

@@ -36,6 +36,7 @@ back, and :func:`recipe_reference` renders them as the reference in ``docs/recip
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -62,6 +63,7 @@ __all__ = [
     "CorruptionSpec",
     "Data",
     "DataSource",
+    "DriftSpec",
     "EvalSet",
     "Method",
     "Recipe",
@@ -74,6 +76,7 @@ __all__ = [
 ]
 
 NONE = "none"
+DRIFT_SUFFIX = "_drift"  # the variant of a calibrator fitted drift-aware
 _NAME = re.compile(r"[a-z0-9][a-z0-9_]*")
 # Set per cell by the runner; a recipe's shared ``training`` section must not set them.
 _PER_CELL = (
@@ -88,6 +91,7 @@ _PER_CELL = (
     "in_domain_set",
     "ood_sets",
     "ood_score",
+    "drift_variants",
 )
 # Training defaults of a benchmark cell: no checkpoints (nothing needs them), no logging services.
 _TRAINING_DEFAULTS = {"save_strategy": "no", "report_to": "none"}
@@ -223,6 +227,40 @@ class DataSource(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DriftSpec(_Section):
+    """The perturbed copies of the calibration data that drift-aware post-hoc variants
+    (`drift_posthoc`) are fitted on together with it, each copy weighted equally (Tomani et al.
+    2021): one copy per severity of a text corruption. Never applied to an eval set."""
+
+    _what: ClassVar[str] = "data.calibration.drift"
+
+    corruption: Corruption = field(
+        default=Corruption.MIXED,
+        metadata={
+            "help": "A corruption from nlpcal.data.list_corruptions(), or mixed (one per example)."
+        },
+    )
+    severities: tuple[int, ...] = field(
+        default=(1, 2, 3, 4, 5),
+        metadata={
+            "help": "One perturbed copy per severity (1 mild to 5 strong), strictly increasing.",
+            "min": 1,
+            "max": 5,
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the random edits.", "min": 0})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "corruption", Corruption(self.corruption))
+        levels = list(self.severities)
+        if not levels or any(b <= a for a, b in itertools.pairwise(levels)):
+            raise ValueError(
+                f"data.calibration.drift.severities must be a non-empty, strictly increasing list "
+                f"of severities from 1 to 5, got {levels}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Calibration(DataSource):
     """The held-out data the post-hoc calibrators are fitted on: a source (as `data.train`), or
     a `holdout` of the training source."""
@@ -240,6 +278,13 @@ class Calibration(DataSource):
             "fraction in (0, 1)."
         },
     )
+    drift: DriftSpec | None = field(
+        default=None,
+        metadata={
+            "help": "Its perturbed copies for drift-aware fitting (see below; default when a "
+            "method has `drift_posthoc`: mixed corruptions at severities 1-5)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.holdout is None:
@@ -247,7 +292,7 @@ class Calibration(DataSource):
                 raise ValueError("data.calibration needs a source or a holdout")
             super().__post_init__()
             return
-        if self.to_dict() != {"holdout": self.holdout}:
+        if {k: v for k, v in self.to_dict().items() if k != "drift"} != {"holdout": self.holdout}:
             raise ValueError("data.calibration takes a source (with its columns) or a holdout")
         if self.holdout <= 0 or (isinstance(self.holdout, float) and self.holdout >= 1):
             raise ValueError(
@@ -321,18 +366,21 @@ class Data(_Section):
 
     _what: ClassVar[str] = "data"
 
-    train: DataSource = field(
+    train: DataSource | None = field(
+        default=None,
         metadata={
             "help": "The training data; its label names are the model's, unless `labels` or "
-            "`task` name them.",
+            "`task` name them. Required unless every method has `train: false`.",
             "type": "source or mapping",
-        }
+        },
     )
-    calibration: Calibration = field(
+    calibration: Calibration | None = field(
+        default=None,
         metadata={
-            "help": "The held-out data the post-hoc calibrators are fitted on.",
+            "help": "The held-out data the post-hoc calibrators are fitted on; required when a "
+            "method has one. Never one of the eval sets.",
             "type": "source or mapping",
-        }
+        },
     )
     test: EvalSet = field(metadata={"help": "The in-domain test set (labelled)."})
     shifted: tuple[EvalSet, ...] = field(
@@ -346,6 +394,17 @@ class Data(_Section):
         if not self.test.labeled:
             raise ValueError("data.test, the in-domain test set, must be labelled")
         _check_unique([s.name for s in (self.test, *self.shifted)], "eval set")
+        if self.calibration is not None and self.calibration.holdout is not None:
+            if self.train is None:
+                raise ValueError("data.calibration.holdout needs data.train to hold rows out of")
+        elif self.calibration is not None:
+            for spec in (self.test, *self.shifted):
+                if spec.corrupt is None and _same_source(spec, self.calibration):
+                    raise ValueError(
+                        f"data.calibration is also the eval set {spec.name!r} "
+                        f"({_source_label(spec.source)}): its calibrated metrics would be "
+                        "measured on the calibrators' own fitting data"
+                    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -403,6 +462,21 @@ class Method(_Section):
             "several, variant name -> arguments."
         },
     )
+    drift_posthoc: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Post-hoc calibrators fitted drift-aware, on the calibration data and its "
+            "perturbed copies (`data.calibration.drift`); each is the variant `<name>_drift`."
+        },
+    )
+    train: bool = field(
+        default=True,
+        metadata={
+            "help": "false: take the recipe's model as it is (a classifier fine-tuned "
+            "elsewhere): no training, only post-hoc calibration and evaluation; "
+            "`calibration_loss` then says how its outputs are read (cross_entropy: softmax)."
+        },
+    )
 
     def __post_init__(self) -> None:
         loss_name = self.calibration_loss
@@ -413,7 +487,10 @@ class Method(_Section):
             raise ValueError(f"method {name!r}: bad loss_kwargs for {loss_name!r}: {err}") from None
         entries = (loss.default_calibrator,) if self.posthoc is None else self.posthoc
         try:
-            variants = posthoc_variants(entries, self.posthoc_kwargs, loss.default_calibrator)
+            drift = tuple(f"{c}{DRIFT_SUFFIX}={c}" for c in self.drift_posthoc)
+            variants = posthoc_variants(
+                (*entries, *drift), self.posthoc_kwargs, loss.default_calibrator
+            )
             for variant, (calibrator, kwargs) in variants.items():
                 try:
                     create_calibrator(calibrator, **kwargs)
@@ -421,14 +498,22 @@ class Method(_Section):
                     raise ValueError(f"bad posthoc_kwargs for {variant!r}: {err}") from None
         except ValueError as err:
             raise ValueError(f"method {name!r}: {err}") from None
-        canonical = tuple(v if v == c else f"{v}={c}" for v, (c, _) in variants.items())
+        drift_names = {f"{c}{DRIFT_SUFFIX}" for c in self.drift_posthoc}
+        canonical = tuple(
+            v if v == c else f"{v}={c}" for v, (c, _) in variants.items() if v not in drift_names
+        )
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "posthoc", canonical)
 
     @property
     def variants(self) -> tuple[str, ...]:
-        """``"none"`` (uncalibrated) and each post-hoc variant."""
-        return (NONE, *(entry.partition("=")[0] for entry in self.posthoc))
+        """``"none"`` (uncalibrated), each post-hoc variant, then each drift-aware one."""
+        return (NONE, *(entry.partition("=")[0] for entry in self.posthoc), *self.drift_variants)
+
+    @property
+    def drift_variants(self) -> tuple[str, ...]:
+        """The names of the drift-aware variants: ``<calibrator>_drift``."""
+        return tuple(f"{c}{DRIFT_SUFFIX}" for c in self.drift_posthoc)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -493,7 +578,15 @@ class Recipe(_Section):
         default=None,
         metadata={
             "help": "Save each cell's calibrated model in cells/<method>/seed_<seed>/model "
-            "(default: only `nlpcal train`)."
+            "(default: only `nlpcal train` and `nlpcal calibrate`)."
+        },
+    )
+    label_map: dict[str, str] | None = field(
+        default=None,
+        metadata={
+            "help": "For a model trained elsewhere (methods with `train: false`): model class "
+            "-> data class, for the calibration data and every eval set without its own "
+            "`label_map`; names match ignoring case without it."
         },
     )
 
@@ -525,11 +618,35 @@ class Recipe(_Section):
         if not self.seeds:
             raise ValueError("seeds must be a non-empty list of non-negative integers, got []")
         _check_unique(self.seeds, "seed")
+        trained = [m.name for m in self.methods if m.train]
+        if trained and len(trained) < len(self.methods):
+            raise ValueError(
+                f"the methods {trained} train and the others have train: false; a recipe either "
+                "trains its model or takes it as it is"
+            )
+        if trained and self.data.train is None:
+            raise ValueError(f"the methods {trained} train: the recipe needs data.train")
+        if trained and self.label_map is not None:
+            raise ValueError(
+                "label_map is for a model trained elsewhere (methods with train: false); a "
+                "trained model takes the training data's labels"
+            )
+        calibrated = [m.name for m in self.methods if m.posthoc or m.drift_posthoc]
+        if calibrated and self.data.calibration is None:
+            raise ValueError(
+                f"the methods {calibrated} have post-hoc calibrators: the recipe needs "
+                "data.calibration (held-out data to fit them on)"
+            )
         per_cell = sorted(set(self.training) & set(_PER_CELL))
         if per_cell:
             raise ValueError(f"training must not set {per_cell}: the runner sets them per cell")
         # Fails early on unknown or ill-typed training arguments.
         self.training_arguments(self.methods[0], self.seeds[0], "unused")
+
+    @property
+    def trains(self) -> bool:
+        """Whether the recipe fine-tunes its model (else it takes it as it is)."""
+        return self.methods[0].train
 
     @property
     def eval_sets(self) -> tuple[EvalSet, ...]:
@@ -548,8 +665,11 @@ class Recipe(_Section):
             "seed": seed,
             "calibration_loss": method.calibration_loss,
             "loss_kwargs": method.loss_kwargs,
-            "posthoc": list(method.posthoc),
+            "posthoc": [*method.posthoc, *(f"{c}{DRIFT_SUFFIX}={c}" for c in method.drift_posthoc)],
             "posthoc_kwargs": method.posthoc_kwargs,
+            "drift_variants": list(method.drift_variants),
+            "in_domain_set": self.data.test.name,  # roles recorded with a saved model
+            "ood_sets": [s.name for s in self.data.shifted],
             "ood_score": self.ood_score.value,
         }
         (args,) = parse_config(config, [CalibrationArguments])
@@ -607,6 +727,12 @@ def demo_recipe() -> Recipe:
 
     with as_file(files("nlpcal") / "recipes" / "demo.yaml") as path:
         return load_recipe(path)
+
+
+def read_recipe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A recipe file as a mapping, its ``base`` merged in, not validated (a recipe whose
+    sections are read one by one, as ``nlpcal evaluate --config`` reads its data)."""
+    return _read_recipe(Path(path), ())
 
 
 def _read_recipe(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -811,3 +937,18 @@ def _check_unique(names: Sequence[Any], what: str) -> None:
     duplicates = sorted({str(n) for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"duplicate {what} names: {duplicates}")
+
+
+def _same_source(a: DataSource, b: DataSource) -> bool:
+    """Whether two sources name the same data (the same dataset object, or the same string)."""
+    if _is_dataset(a.source) or _is_dataset(b.source):
+        return a.source is b.source or (
+            _is_dataset(a.source)
+            and _is_dataset(b.source)
+            and a.source._fingerprint == b.source._fingerprint
+        )
+    return a.source == b.source
+
+
+def _source_label(source: Any) -> str:
+    return f"an in-code dataset {source._fingerprint}" if _is_dataset(source) else str(source)

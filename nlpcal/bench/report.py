@@ -18,7 +18,7 @@ __all__ = ["COLUMNS", "NOTES", "headline", "html_report", "markdown_report"]
 
 COLUMNS = {  # the runner's metrics, by their keys in the vocabulary, and their labels
     key: METRICS[key].label
-    for key in ("accuracy", "ece_10", "ece", "brier", "nll", "aurc", "ood_auroc")
+    for key in ("accuracy", "confidence", "ece_10", "ece", "brier", "nll", "aurc", "ood_auroc")
 }
 
 NOTES = (
@@ -36,6 +36,11 @@ NOTES = (
     "OOD AUROC separates the shifted set from the in-domain test set, in-domain as positive, by "
     "the recipe's `ood_score` (default `confidence`: the top-label confidence above) of the "
     "row's own outputs.",
+)
+
+SELECTION = (
+    "held out from training; each calibrator fitted on one half and scored on the other: "
+    "what methods are chosen by, never a test or shifted set"
 )
 
 _STYLE = (
@@ -141,7 +146,8 @@ def html_report(results: Mapping[str, Any], figures: Mapping[str, str | Path]) -
 def _summary(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     recipe, env = results["recipe"], results["environment"]
     data = recipe["data"]
-    calibration = data["calibration"]
+    calibration = data.get("calibration") or "none"
+    trains = all(m.get("train", True) for m in recipe["methods"])
     if isinstance(calibration, Mapping):
         calibration = (
             f"{calibration['holdout']} rows held out of the training source"
@@ -152,7 +158,10 @@ def _summary(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [
         ("model", recipe["model"]),
         ("labels", _labels(recipe)),
-        ("training data", _source(data["train"])),
+        (
+            "training data",
+            _source(data["train"]) if trains else "none: the model is taken as it is",
+        ),
         ("calibration data", str(calibration)),
         ("slicing", ", ".join(f"{k}={v}" for k, v in recipe["slicing"].items())),
         ("methods", ", ".join(m["name"] for m in recipe["methods"])),
@@ -187,10 +196,38 @@ def _tables(results: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[
             [r["method"], r["variant"], *(_cell(r["values"].get(m)) for m in columns)] for r in rows
         ]
         tables.append((title, ["method", "variant", *(COLUMNS[m] for m in columns)], body))
+    for ladder in results.get("drift_curves", []):
+        severities = list(ladder["sets"])
+        head = [
+            "model",
+            *(f"severity {s}" + (" (clean)" if str(s) == "0" else "") for s in severities),
+        ]
+        body = [
+            [
+                model,
+                *(
+                    _drift_cell(*(points[m].get(s) for m in ("ece", "accuracy", "confidence")))
+                    for s in severities
+                ),
+            ]
+            for model, points in ladder["curves"].items()
+        ]
+        title = f"drift: {ladder['title']} — ECE (accuracy / mean confidence), mean over seeds"
+        tables.append((title, head, body))
+    if results.get("selection"):
+        columns = [m for m in present if m != "ood_auroc"]
+        title = f"calibration split ({SELECTION})"
+        body = [
+            [r["method"], r["variant"], *(_cell(r["values"].get(m)) for m in columns)]
+            for r in results["selection"]
+        ]
+        tables.append((title, ["method", "variant", *(COLUMNS[m] for m in columns)], body))
     return tables
 
 
 def _labels(recipe: Mapping[str, Any]) -> str:
+    if not all(m.get("train", True) for m in recipe["methods"]):
+        return "the model's own (config.id2label)"
     if recipe.get("labels"):
         return ", ".join(recipe["labels"])
     if recipe.get("task"):
@@ -212,6 +249,12 @@ def _cell(value: float | Mapping[str, float | None] | None) -> str:
         std = "" if value["std"] is None else f" ± {value['std']:.4f}"
         return f"{value['mean']:.4f}{std}"
     return f"{value:.4f}"
+
+
+def _drift_cell(ece: float | None, accuracy: float | None, confidence: float | None) -> str:
+    if ece is None:
+        return ""
+    return f"{ece:.3f} ({accuracy:.3f} / {confidence:.3f})"
 
 
 def _md_row(cells: list[str]) -> str:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nlpcal.args import CalibrationArguments
-from nlpcal.bench.collect import set_metrics, write_results
-from nlpcal.bench.recipe import Method, Recipe
+from nlpcal.bench.collect import set_metrics, shift_metrics, write_results
+from nlpcal.bench.recipe import NONE, DriftSpec, Method, Recipe
 from nlpcal.bench.store import (
     MODEL_DIR,
     RESULT_NAME,
@@ -33,18 +33,21 @@ from nlpcal.bench.store import (
     write_json,
     write_recipe,
 )
-from nlpcal.data import LabelMap, corrupt_dataset
+from nlpcal.data import LabelMap, align_labels, corrupt_dataset, model_label_names
 from nlpcal.data.prepare import load_tokenizer, resolve_model_path, subsample, tokenize
+from nlpcal.posthoc import calibrator_class
 
 if TYPE_CHECKING:
     from datasets import Dataset
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
     from nlpcal.trainer import CalibratedTrainer
 
-__all__ = ["run_bench", "train_calibrated"]
+__all__ = ["calibrate_pretrained", "run_bench", "saved_loss", "train_calibrated"]
 
 logger = logging.getLogger(__name__)
+# The files of a Hub model that loading it needs (no other frameworks' weights).
+_MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
 
 
 def run_bench(
@@ -97,52 +100,100 @@ class _Data:
     calibration: Dataset
     sets: dict[str, Dataset]
     label_maps: dict[str, LabelMap]
+    drift: list[Dataset]
 
 
 def _load_data(recipe: Recipe) -> _Data:
     """Load, slice, corrupt and tokenize every split once; every cell uses the same data.
 
-    The label set is the recipe's ``labels``, else the task's, else the training data's; the
-    calibration split and every evaluation set without a ``label_map`` are re-encoded onto it by
-    name, a set with a ``label_map`` keeps its own labels and a :class:`LabelMap`, and an
-    unlabelled set has no labels.
+    A recipe that trains takes the label set of its ``labels``, else of its task, else of the
+    training data: the calibration split and every evaluation set without a ``label_map`` are
+    re-encoded onto it by name. A recipe that takes its model as it is takes the model's classes
+    (``id2label``): each split is matched to them by name ignoring case, or through its
+    ``label_map`` (else the recipe's); the calibration split is re-encoded onto the model's ids
+    (one to one), the evaluation sets keep their own labels and a :class:`LabelMap`. A set with
+    a ``label_map`` keeps its own labels and a :class:`LabelMap`; an unlabelled set has no labels.
     """
     data, slicing, data_dir = recipe.data, recipe.slicing, recipe.data_dir
     seed, n_eval = slicing.seed, slicing.max_eval_samples
-    full = data.train.load(recipe.task, data_dir, recipe.labels, "data.train")
-    names = full.features["label"].names
-    if data.calibration.holdout is not None:
+    if recipe.trains:
+        full = data.train.load(recipe.task, data_dir, recipe.labels, "data.train")
+        names = full.features["label"].names
+    else:
+        full = None if data.train is None else data.train.load(None, data_dir, None, "data.train")
+        names = model_label_names(_load_config(recipe.model))
+    train = full
+    calibration = None
+    if data.calibration is not None and data.calibration.holdout is not None:
         split = full.train_test_split(test_size=data.calibration.holdout, seed=seed)
         train, calibration = split["train"], split["test"]
-    else:
-        train = full
-        calibration = data.calibration.load(None, data_dir, names, "data.calibration")
-    train = subsample(train, slicing.max_train_samples, seed)
-    calibration = subsample(calibration, n_eval, seed)
+    elif data.calibration is not None:
+        labels = names if recipe.trains else None
+        calibration = data.calibration.load(None, data_dir, labels, "data.calibration")
+    if calibration is not None:
+        if not recipe.trains:
+            calibration = _onto_model_labels(calibration, names, recipe.label_map)
+        calibration = subsample(calibration, n_eval, seed)
+    if recipe.trains:
+        train = subsample(train, slicing.max_train_samples, seed)
+    drift = []
+    if any(m.drift_posthoc for m in recipe.methods):  # perturbed copies of the calibration rows
+        ladder = data.calibration.drift or DriftSpec()
+        drift = [
+            corrupt_dataset(calibration, ladder.corruption, severity, ladder.seed)
+            for severity in ladder.severities
+        ]
     sets, label_maps = {}, {}
     for spec in recipe.eval_sets:
         if not spec.labeled:
             dataset = spec.load(None, data_dir, None, spec.name, require_labels=False)
             if "label" in dataset.column_names:
                 dataset = dataset.remove_columns("label")
-        elif spec.label_map is None:
+        elif spec.label_map is None and recipe.trains:
             dataset = spec.load(None, data_dir, names, spec.name)
         else:
             dataset = spec.load(None, data_dir, None, spec.name)
             set_names = dataset.features["label"].names
-            label_maps[spec.name] = LabelMap(names, set_names, spec.label_map)
+            renames = spec.label_map if spec.label_map is not None else recipe.label_map
+            label_maps[spec.name] = LabelMap(names, set_names, renames)
         dataset = subsample(dataset, n_eval, seed)
         if spec.corrupt is not None:
             dataset = corrupt_dataset(dataset, **spec.corrupt.to_dict())
         sets[spec.name] = dataset
-    tokenizer = load_tokenizer(recipe.model)
+    tokenizer = load_tokenizer(recipe.model if recipe.trains else _model_folder(recipe.model))
+
+    def prepared(dataset: Dataset | None) -> Dataset | None:
+        return None if dataset is None else tokenize(dataset, tokenizer, recipe.max_length)
+
     return _Data(
         tokenizer=tokenizer,
-        train=tokenize(train, tokenizer, recipe.max_length),
-        calibration=tokenize(calibration, tokenizer, recipe.max_length),
-        sets={name: tokenize(ds, tokenizer, recipe.max_length) for name, ds in sets.items()},
+        train=prepared(train) if recipe.trains else None,
+        calibration=prepared(calibration),
+        sets={name: prepared(ds) for name, ds in sets.items()},
         label_maps=label_maps,
+        drift=[prepared(ds) for ds in drift],
     )
+
+
+def _onto_model_labels(
+    dataset: Dataset, names: Sequence[str], renames: dict[str, str] | None
+) -> Dataset:
+    """The calibration split with the model's label ids: post-hoc calibrators are fitted in the
+    model's label space, so its classes must match the split's one to one."""
+    from datasets import ClassLabel
+
+    set_names = dataset.features["label"].names
+    label_map = LabelMap(names, set_names, renames)
+    if sorted(label_map.model_to_set) != list(range(len(set_names))) or len(names) != len(
+        set_names
+    ):
+        raise ValueError(
+            "data.calibration: the calibrators are fitted in the model's label space, so its "
+            f"classes must map one to one onto the data's; {label_map.describe()}"
+        )
+    renamed = [names[label_map.model_to_set.index(j)] for j in range(len(set_names))]
+    dataset = dataset.cast_column("label", ClassLabel(names=renamed))
+    return align_labels(dataset, names, name="data.calibration")
 
 
 def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Path) -> None:
@@ -150,7 +201,15 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
     write the predictions, then the result."""
     start = time.time()
     args = recipe.training_arguments(method, seed, folder)
-    trainer = train_calibrated(recipe.model, args, data.train, data.calibration, data.tokenizer)
+    drift = data.drift if method.drift_posthoc else None
+    if method.train:
+        trainer = train_calibrated(
+            recipe.model, args, data.train, data.calibration, data.tokenizer, drift_datasets=drift
+        )
+    else:
+        trainer = calibrate_pretrained(
+            recipe.model, args, data.calibration, data.tokenizer, drift_datasets=drift
+        )
     outputs = Outputs({}, {}, {})
     for name, dataset in data.sets.items():
         label_map = data.label_maps.get(name)
@@ -168,7 +227,14 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
             for v, out in variants.items()
         }
         outputs.ood[name] = {v: out.ood.numpy() for v, out in variants.items()}
+    selection = (
+        None
+        if data.calibration is None
+        else _calibration_split_metrics(trainer, data.calibration, seed)
+    )
+    metrics = set_metrics(outputs, recipe.data.test.name)
     if recipe.save_model:
+        trainer.last_eval_metrics = metrics  # recorded with the model, shown on its card
         trainer.save_model(str(folder / MODEL_DIR))
     train_log = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), {})
     save_predictions(folder, outputs)
@@ -177,7 +243,8 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
         {
             "method": method.name,
             "seed": seed,
-            "metrics": set_metrics(outputs, recipe.data.test.name),
+            "metrics": metrics,
+            **({} if selection is None else {"calibration_split": selection}),
             "train": train_log,
             "seconds": round(time.time() - start, 1),
             "device": device_name(trainer.args.device),
@@ -187,6 +254,20 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
     )
 
 
+def _calibration_split_metrics(
+    trainer: CalibratedTrainer, calibration: Dataset, seed: int
+) -> dict[str, dict[str, float]]:
+    """Every variant's metrics on the calibration split, each calibrator cross-fitted (2 folds):
+    what methods may be compared and chosen by without looking at a test or shifted set."""
+    features = any(
+        calibrator_class(v.calibrator).requires_features for v in trainer.posthoc.values()
+    )
+    preds = trainer.predictions(calibration, "calibration", features=features)
+    drift = trainer.drift_predictions(n=len(calibration))
+    outputs = trainer.cross_fitted_outputs(preds, folds=2, seed=seed, drift=drift)
+    return {v: shift_metrics(out.class_probs, preds.labels) for v, out in outputs.items()}
+
+
 def train_calibrated(
     model_name_or_path: str,
     args: CalibrationArguments,
@@ -194,6 +275,7 @@ def train_calibrated(
     calibration: Dataset,
     tokenizer: PreTrainedTokenizerBase,
     eval_dataset: dict[str, Dataset] | None = None,
+    drift_datasets: Sequence[Dataset] | None = None,
 ) -> CalibratedTrainer:
     """Fine-tune a freshly loaded classifier with the loss of ``args``, then fit its post-hoc
     calibrators on ``calibration``.
@@ -215,19 +297,98 @@ def train_calibrated(
         train_dataset=train,
         eval_dataset=eval_dataset,
         calibration_dataset=calibration,
+        drift_datasets=drift_datasets,
         processing_class=tokenizer,
     )
     trainer.train()
     return trainer
 
 
-def _load_classifier(model_name_or_path: str, label_names: Sequence[str]) -> PreTrainedModel:
-    """A sequence classifier with ``label_names``, quietly when only its head is new.
+def calibrate_pretrained(
+    model_name_or_path: str,
+    args: CalibrationArguments,
+    calibration: Dataset | None,
+    tokenizer: PreTrainedTokenizerBase,
+    drift_datasets: Sequence[Dataset] | None = None,
+) -> CalibratedTrainer:
+    """Take a fine-tuned sequence classifier as it is (a folder or a Hub id) and fit the
+    post-hoc calibrators of ``args`` on ``calibration`` (none without them); no training.
+
+    ``calibration`` is tokenized, with labels in the model's ids
+    (``config.id2label``); ``args.calibration_loss`` says how the model's outputs are read.
+
+    Raises:
+        ValueError: the checkpoint is not a sequence classifier.
+        FileNotFoundError: no such folder, and no reachable Hub repository (offline, say).
+    """
+    from transformers import set_seed
+
+    from nlpcal.trainer import CalibratedTrainer
+
+    set_seed(args.seed)
+    model = _load_classifier(model_name_or_path)
+    trainer = CalibratedTrainer(
+        model,
+        args,
+        calibration_dataset=calibration,
+        drift_datasets=drift_datasets,
+        processing_class=tokenizer,
+    )
+    if trainer.posthoc:
+        trainer.calibrate()
+    return trainer
+
+
+def _model_folder(model_name_or_path: str) -> str:
+    """A local folder with the model: a folder, the default encoder's package, or the Hub
+    repository's files (downloaded once; offline, an error that says why)."""
+    from nlpcal.hub import _find_folder
+
+    path = resolve_model_path(model_name_or_path)
+    if os.path.isdir(path):
+        return path
+    return str(_find_folder(path, {"allow_patterns": _MODEL_FILES}))
+
+
+def saved_loss(folder: str | os.PathLike[str]) -> tuple[str, dict[str, Any]] | None:
+    """The training loss (name and arguments) of a model folder saved by nlpcal, else ``None``:
+    how its outputs are read, whatever calibration it carries."""
+    from nlpcal._io import read_json
+    from nlpcal.hub import CONFIG_NAME
+
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        return None
+    record = read_json(path, required=("loss",))
+    return record["loss"], dict(record.get("loss_config") or {})
+
+
+def _load_config(model_name_or_path: str) -> PretrainedConfig:
+    """The config of a model taken as it is, which must be a sequence classifier."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(_model_folder(model_name_or_path))
+    architectures = list(config.architectures or [])
+    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+        raise ValueError(
+            f"model {model_name_or_path!r} is not a sequence classifier: its config names the "
+            f"architectures {architectures or 'none'} (expected a fine-tuned "
+            "*ForSequenceClassification model; `nlpcal train` makes one from a base encoder)"
+        )
+    return config
+
+
+def _load_classifier(
+    model_name_or_path: str, label_names: Sequence[str] | None = None
+) -> PreTrainedModel:
+    """A sequence classifier with ``label_names``, quietly when only its head is new; without
+    ``label_names``, the fine-tuned classifier as it is (which must be one).
 
     A classifier built on a base encoder gets a freshly initialised head (and drops the
     checkpoint's own pretraining head), which transformers reports on every load. That report
     is held back and shown only when something else went wrong: weights of the encoder itself
-    missing from, or unexpected in, the checkpoint. The progress bar of the load is off.
+    missing from, or unexpected in, the checkpoint (or, as it is, any weight missing). The
+    progress bar of the load is off.
     """
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -241,22 +402,34 @@ def _load_classifier(model_name_or_path: str, label_names: Sequence[str]) -> Pre
             return False
         return True
 
+    if label_names is None:
+        _load_config(model_name_or_path)  # a sequence classifier, or a clear error
+        path, labels = _model_folder(model_name_or_path), {}
+        if saved_loss(path) is not None:  # saved by nlpcal: the model as trained, unfolded
+            from nlpcal.hub import load_calibrated
+
+            return load_calibrated(path, calibrator=NONE).model
+    else:
+        path = resolve_model_path(model_name_or_path)
+        labels = {
+            "num_labels": len(label_names),
+            "id2label": dict(enumerate(label_names)),
+            "label2id": {n: i for i, n in enumerate(label_names)},
+        }
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     load_logger.addFilter(hold_report)
     only_head = False
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(model_name_or_path),
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={n: i for i, n in enumerate(label_names)},
-            output_loading_info=True,
+            path, output_loading_info=True, **labels
         )
         encoder = model.base_model_prefix
         only_head = bool(encoder) and not any(
             key.startswith(f"{encoder}.") for key in info["missing_keys"] | info["unexpected_keys"]
         )
+        if label_names is None:
+            only_head = not (info["missing_keys"] or info["mismatched_keys"])
     finally:
         load_logger.removeFilter(hold_report)
         if bars:

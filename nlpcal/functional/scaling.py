@@ -31,6 +31,7 @@ __all__ = [
     "fit_confidence_exponent",
     "fit_temperature",
     "fit_vector_scaling",
+    "fold_affine",
     "grid_search_temperature",
     "reference_temperature_grid",
     "temperature_nll",
@@ -204,6 +205,59 @@ def fit_vector_scaling(logits: Any, labels: Any, max_iter: int = 200) -> tuple[T
     if not bool(torch.isfinite(fitted)) or fitted > identity:
         return torch.ones_like(w), torch.zeros_like(b)
     return w, b - b.mean()
+
+
+def fold_affine(weight: Any, bias: Any, scale: Any, shift: Any) -> tuple[Tensor, Tensor]:
+    """Fold a per-class affine map of the logits into the linear layer that produces them.
+
+    A layer ``z = W h + c`` followed by ``z' = s ⊙ z + t`` equals the one layer
+    ``z' = (s ⊙ W) h + (s ⊙ c + t)``: row ``k`` of ``W`` and ``c_k`` are scaled by ``s_k``, and
+    ``t_k`` is added to the bias. Temperature scaling is ``s = 1 / T``, ``t = 0``; vector scaling
+    is ``s = w``, ``t = b``. Computed in float64 and returned in the dtype and on the device of
+    ``weight``.
+
+    Args:
+        weight: ``(K, H)`` weight of the layer.
+        bias: ``(K,)`` bias of the layer, or ``None`` for a layer without one (then ``t`` is the
+            new bias).
+        scale: ``s``, a scalar or ``(K,)``; every entry finite and non-zero.
+        shift: ``t``, a scalar or ``(K,)``; every entry finite.
+
+    Returns:
+        ``(weight, bias)`` of the folded layer, shapes ``(K, H)`` and ``(K,)``.
+
+    >>> w, c = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([0.5, -0.5])
+    >>> h = torch.tensor([1.0, -1.0])
+    >>> fw, fc = fold_affine(w, c, torch.tensor([0.5, 2.0]), torch.tensor([1.0, 0.0]))
+    >>> fw @ h + fc, torch.tensor([0.5, 2.0]) * (w @ h + c) + torch.tensor([1.0, 0.0])
+    (tensor([ 0.7500, -3.0000]), tensor([ 0.7500, -3.0000]))
+    """
+    weight = torch.as_tensor(weight)
+    if weight.ndim != 2 or not weight.is_floating_point():
+        raise ValueError(
+            f"weight must be a floating-point (K, H) matrix, got shape {tuple(weight.shape)} "
+            f"and dtype {weight.dtype}"
+        )
+    num_classes = weight.shape[0]
+    vectors = {}
+    for name, value in (("bias", bias), ("scale", scale), ("shift", shift)):
+        if value is None and name == "bias":
+            value = torch.zeros(num_classes)
+        value = torch.as_tensor(value, device=weight.device).double()
+        if value.ndim > 1 or (value.ndim == 1 and value.numel() != num_classes):
+            raise ValueError(
+                f"{name} must be a scalar or have shape ({num_classes},) to match weight "
+                f"{tuple(weight.shape)}, got shape {tuple(value.shape)}"
+            )
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name} must be finite, got {value.tolist()}")
+        vectors[name] = value.expand(num_classes) if value.ndim == 0 else value
+    if bool((vectors["scale"] == 0).any()):
+        raise ValueError(f"scale must be non-zero, got {vectors['scale'].tolist()}")
+    scale = vectors["scale"]
+    folded_weight = scale[:, None] * weight.double()
+    folded_bias = scale * vectors["bias"] + vectors["shift"]
+    return folded_weight.to(weight.dtype), folded_bias.to(weight.dtype)
 
 
 def confidence_exponent_nll(log_confidence: Any, correct: Any, exponent: float | Tensor) -> Tensor:

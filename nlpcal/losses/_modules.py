@@ -20,12 +20,17 @@ __all__ = [
     "input_embeddings",
     "mixing_sites",
     "num_labels",
+    "output_layer",
     "transform_output",
     "unwrap_model",
 ]
 
 _WRAPPER_ATTRS = ("module", "_orig_mod")
 _LAYER_LIST_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers")
+# Where sequence classifiers keep the linear layer whose output is the logits: BERT, DistilBERT,
+# DeBERTa (`classifier`); RoBERTa, XLM-R, ELECTRA (`classifier.out_proj`); BART
+# (`classification_head.out_proj`); GPT-2, Llama, Mistral (`score`).
+_OUTPUT_LAYER_PATHS = ("classifier.out_proj", "classifier", "classification_head.out_proj", "score")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -148,6 +153,42 @@ def classifier_layer(model: nn.Module) -> nn.Linear:
             f"out_features == config.num_labels == {k}"
         )
     return linear
+
+
+def output_layer(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The linear layer whose output is the model's logits, and its name in ``state_dict()``.
+
+    It must sit at a known head path (``classifier.out_proj``, ``classifier``,
+    ``classification_head.out_proj``, ``score``), have ``config.num_labels`` outputs and be the
+    last such layer of the model (:func:`classifier_layer`), so that nothing the model computes
+    after it can change the logits' meaning. Anything else raises a ``ValueError`` naming what
+    was found.
+
+    >>> from transformers import BertConfig, BertForSequenceClassification
+    >>> config = BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+    ...                     intermediate_size=8, vocab_size=10, num_labels=3)
+    >>> output_layer(BertForSequenceClassification(config))[0]
+    'classifier'
+    """
+    inner = unwrap_model(model)
+    k = num_labels(inner)
+    for path in _OUTPUT_LAYER_PATHS:
+        layer = _submodule(inner, path)
+        if isinstance(layer, nn.Linear) and layer.out_features == k:
+            last = classifier_layer(inner)
+            if last is not layer:
+                last_name = next(n for n, m in inner.named_modules() if m is last)
+                raise ValueError(
+                    f"{type(inner).__name__} has its classification layer at `{path}` but another "
+                    f"nn.Linear with {k} outputs after it (`{last_name}`): cannot tell which one "
+                    "outputs the logits"
+                )
+            return path, layer
+    raise ValueError(
+        f"cannot find the output layer of {type(inner).__name__}: none of "
+        f"{', '.join(f'`{p}`' for p in _OUTPUT_LAYER_PATHS)} is an nn.Linear with "
+        f"config.num_labels == {k} outputs"
+    )
 
 
 @contextmanager

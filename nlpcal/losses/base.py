@@ -170,6 +170,18 @@ class CalibrationLoss:
         """Map raw model logits to logits whose softmax is the predictive distribution."""
         return logits
 
+    @property
+    def raw_logits(self) -> bool:
+        """Whether the model's own logits are the predictive logits: the loss keeps the default
+        :meth:`transform_logits` and is ``normalized``. Only then does what a plain
+        ``transformers`` model outputs mean what nlpcal calibrated, so that an affine post-hoc
+        calibrator can be folded into the model's weights (``ova`` and ``double_head`` are not).
+
+        >>> create_loss("label_smoothing").raw_logits, create_loss("ova").raw_logits
+        (True, False)
+        """
+        return self.normalized and type(self).transform_logits is CalibrationLoss.transform_logits
+
     def callbacks(self) -> list[Any]:
         """``transformers.TrainerCallback`` objects the trainer must register (refreshes)."""
         return []

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["confidence_histogram", "reliability_diagram"]
+__all__ = ["confidence_histogram", "drift_curves", "reliability_diagram"]
 
 _FORMATS = (".png", ".svg", ".pdf")
 
@@ -167,4 +167,36 @@ def confidence_histogram(
     fig, (ax,) = _figure(1, [1])
     _draw_histogram(ax, stats)
     ax.legend(loc="upper left", fontsize="small")
+    return _finish(fig, title, path)
+
+
+def drift_curves(
+    curves: Mapping[str, Mapping[int, float]],
+    metric: str = "ECE",
+    title: str | None = None,
+    path: str | Path | None = None,
+) -> Figure:
+    """A metric against the strength of a shift, one line per model (the picture of Ovadia et
+    al. 2019: calibration error against shift intensity).
+
+    Args:
+        curves: name -> {severity: value}; severity 0 is the clean data.
+        metric: the y-axis label.
+        title: the figure's title.
+        path: save to this file (``.png``, ``.svg`` or ``.pdf``).
+
+    >>> fig = drift_curves({"model": {0: 0.05, 1: 0.07, 3: 0.12}})
+    >>> fig.axes[0].get_xlabel()
+    'corruption severity (0: clean)'
+    """
+    if not curves or not all(curves.values()):
+        raise ValueError("curves must map each name to at least one {severity: value} point")
+    fig, (ax,) = _figure(1, [1])
+    for name, points in curves.items():
+        severities = sorted(points)
+        ax.plot(severities, [points[s] for s in severities], marker="o", label=name)
+    ax.set_xlabel("corruption severity (0: clean)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
     return _finish(fig, title, path)

@@ -18,18 +18,21 @@ class Metric:
     Attributes:
         key: the name in metric dicts and result files.
         label: the column header in tables.
-        lower_is_better: the direction of improvement.
+        lower_is_better: the direction of improvement; ``None`` for a quantity that is neither
+            better high nor low (the mean confidence is right when it equals the accuracy).
         description: one line for reports.
     """
 
     key: str
     label: str
-    lower_is_better: bool
+    lower_is_better: bool | None
     description: str
 
     @property
     def arrow(self) -> str:
-        """``↓`` when lower is better, else ``↑``."""
+        """``↓`` when lower is better, ``↑`` when higher is, else empty."""
+        if self.lower_is_better is None:
+            return ""
         return "↓" if self.lower_is_better else "↑"
 
 
@@ -37,6 +40,12 @@ METRICS: dict[str, Metric] = {
     m.key: m
     for m in (
         Metric("accuracy", "accuracy", False, "fraction of correct top-label predictions"),
+        Metric(
+            "confidence",
+            "confidence",
+            None,
+            "mean top-label confidence: above the accuracy is over-confident, below under-confident",
+        ),
         Metric(
             "ece",
             "ECE",

@@ -101,6 +101,17 @@ class Calibrator(nn.Module):
         """Constructor arguments that recreate this calibrator (JSON-serialisable)."""
         return {}
 
+    def affine(self) -> tuple[Tensor, Tensor] | None:
+        """``(scale, shift)`` when the calibrated logits are ``scale ⊙ z + shift`` for every
+        input ``z`` (each a scalar or ``(K,)``), else ``None`` (the default: sample-dependent or
+        non-linear calibrators).
+
+        An affine calibrator can be folded into the classifier's last linear layer
+        (:func:`~nlpcal.functional.scaling.fold_affine`), so that the model alone outputs the
+        calibrated logits.
+        """
+        return None
+
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``calibrator.json`` and ``calibrator.safetensors`` into ``directory``.
 

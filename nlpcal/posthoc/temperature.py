@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from nlpcal.functional.scaling import fit_temperature
@@ -44,6 +45,10 @@ class TemperatureScaler(ScalarCalibrator):
     def temperature(self) -> Tensor:
         """The fitted temperature ``T`` (1 before fitting)."""
         return self.value
+
+    def affine(self) -> tuple[Tensor, Tensor]:
+        """``(1 / T, 0)``: temperature scaling is the affine map ``z / T``."""
+        return 1.0 / self.temperature, torch.zeros(())
 
     def _fit(self, logits: Tensor, labels: Tensor, features: Tensor | None) -> None:
         temperature = fit_temperature(logits, labels, max_iter=self.max_iter)

@@ -53,6 +53,10 @@ class VectorScaler(Calibrator):
     def config(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "max_iter": self.max_iter}
 
+    def affine(self) -> tuple[Tensor, Tensor]:
+        """``(w, b)``: vector scaling is the affine map ``w ⊙ z + b``."""
+        return self.weight, self.bias
+
     def _fit(self, logits: Tensor, labels: Tensor, features: Tensor | None) -> None:
         num_classes = logits.shape[1]
         if self.num_classes is not None and num_classes != self.num_classes:

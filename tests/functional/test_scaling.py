@@ -18,6 +18,7 @@ from nlpcal.functional.scaling import (
     fit_confidence_exponent,
     fit_temperature,
     fit_vector_scaling,
+    fold_affine,
     grid_search_temperature,
     reference_temperature_grid,
     temperature_nll,
@@ -234,3 +235,55 @@ def test_fit_confidence_exponent_rejects_bad_input() -> None:
         fit_confidence_exponent(torch.tensor([-0.5, -1.0]), torch.tensor([2, 0]))
     with pytest.raises(ValueError, match="exponent must be finite and > 0"):
         confidence_exponent_nll(torch.tensor([-0.5]), torch.tensor([True]), 0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fold_affine_equals_the_affine_map_after_the_layer(dtype):
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(4, 7, generator=g), torch.randn(4, generator=g)
+    scale, shift = torch.rand(4, generator=g) + 0.1, torch.randn(4, generator=g)
+    h = torch.randn(32, 7, generator=g)
+    layer = torch.nn.Linear(7, 4).to(dtype)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+        expected = scale.to(dtype) * layer(h.to(dtype)) + shift.to(dtype)
+        folded_weight, folded_bias = fold_affine(layer.weight, layer.bias, scale, shift)
+        assert folded_weight.dtype == dtype and folded_bias.dtype == dtype
+        folded = h.to(dtype) @ folded_weight.T + folded_bias
+    torch.testing.assert_close(folded, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_fold_affine_of_a_temperature_divides_the_logits():
+    weight, bias = torch.randn(3, 5), torch.randn(3)
+    h = torch.randn(10, 5)
+    folded_weight, folded_bias = fold_affine(weight, bias, torch.tensor(1 / 2.5), 0.0)
+    torch.testing.assert_close(h @ folded_weight.T + folded_bias, (h @ weight.T + bias) / 2.5)
+
+
+def test_fold_affine_without_a_bias_makes_the_shift_the_bias():
+    weight = torch.randn(3, 5)
+    _, folded_bias = fold_affine(weight, None, 2.0, torch.tensor([1.0, 2.0, 3.0]))
+    assert folded_bias.tolist() == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((torch.ones(3), None, 1.0, 0.0), r"weight must be a floating-point \(K, H\) matrix"),
+        (
+            (torch.ones(3, 2), None, torch.ones(2), 0.0),
+            r"scale must be a scalar or have shape \(3,\)",
+        ),
+        (
+            (torch.ones(3, 2), torch.ones(4), 1.0, 0.0),
+            r"bias must be a scalar or have shape \(3,\)",
+        ),
+        ((torch.ones(3, 2), None, torch.tensor([1.0, 0.0, 1.0]), 0.0), "scale must be non-zero"),
+        ((torch.ones(3, 2), None, 1.0, float("nan")), "shift must be finite, got nan"),
+    ],
+    ids=["vector-weight", "scale-shape", "bias-shape", "zero-scale", "nan-shift"],
+)
+def test_fold_affine_rejects_bad_input_by_name(args, message):
+    with pytest.raises(ValueError, match=message):
+        fold_affine(*args)

@@ -14,6 +14,7 @@ from nlpcal.losses._modules import (
     classifier_layer,
     mixing_sites,
     num_labels,
+    output_layer,
     transform_output,
     unwrap_model,
 )
@@ -103,3 +104,34 @@ def test_unknown_layouts_raise_clear_errors() -> None:
         classifier_layer(model)
     with pytest.raises(ValueError, match="mixing sites"):
         create_loss("manifold_mixup").prepare_model(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize(
+    "arch, path",
+    [("bert", "classifier"), ("roberta", "classifier.out_proj"), ("distilbert", "classifier")],
+)
+def test_output_layer_is_the_linear_layer_that_outputs_the_logits(arch, path):
+    model = tiny_model(arch)
+    name, layer = output_layer(_Wrapper(model))
+    assert name == path and layer is model.get_submodule(path)
+    outputs = {}
+    layer.register_forward_hook(lambda _m, _a, out: outputs.setdefault("z", out))
+    batch = tiny_batch()
+    batch.pop("labels")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert torch.equal(outputs["z"], logits)
+
+
+def test_output_layer_refuses_an_unknown_head_and_a_later_linear_layer():
+    model = tiny_model("bert")
+    model.head = model.classifier
+    del model.classifier
+    with pytest.raises(
+        ValueError, match=r"cannot find the output layer of BertForSequenceClassification"
+    ):
+        output_layer(model)
+    model = tiny_model("bert")
+    model.extra = nn.Linear(3, 3)
+    with pytest.raises(ValueError, match=r"another nn.Linear with 3 outputs after it \(`extra`\)"):
+        output_layer(model)

@@ -49,5 +49,7 @@ def test_reports_and_cards_only_show_vocabulary_keys_with_its_labels():
 
 
 def test_unknown_metric_names_the_known_ones():
-    with pytest.raises(ValueError, match="unknown metric 'ece15'; known: accuracy, ece"):
+    with pytest.raises(
+        ValueError, match="unknown metric 'ece15'; known: accuracy, confidence, ece"
+    ):
         metric("ece15")

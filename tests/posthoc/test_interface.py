@@ -238,3 +238,15 @@ def test_fits_and_runs_on_the_device_of_the_logits(name: str) -> None:
     # A calibrator on one device accepts logits on another and answers on the logits' device.
     assert gpu_calibrator(logits, cpu_features).device.type == "cpu"
     assert cpu_calibrator(logits.cuda(), gpu_features).device.type == "cuda"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_affine_form_reproduces_the_calibrated_logits(name):
+    logits, labels, features = data(name=name)
+    calibrator = make(name).fit(logits, labels, features)
+    form = calibrator.affine()
+    if name in ("temperature", "vector"):
+        scale, shift = form
+        torch.testing.assert_close(calibrator(logits, features), scale * logits + shift)
+    else:
+        assert form is None  # sample-dependent (adats) or on SLOVA log-probabilities
