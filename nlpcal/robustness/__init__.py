@@ -4,6 +4,7 @@ from nlpcal.functional.robustness import AttackNorm
 from nlpcal.robustness.embedding import (
     RobustnessMode,
     attack_accuracy,
+    check_robustness_options,
     example_robustness,
     flip_radius,
     margin_radius,
@@ -15,6 +16,7 @@ __all__ = [
     "AttackNorm",
     "RobustnessMode",
     "attack_accuracy",
+    "check_robustness_options",
     "example_robustness",
     "flip_radius",
     "margin_radius",

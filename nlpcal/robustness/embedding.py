@@ -16,6 +16,7 @@ a radius ``ρ`` under L2 allows ``‖δ‖_F ≤ ρ ‖e‖_F`` over the real to
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from nlpcal.losses._modules import input_embeddings, unwrap_model
 __all__ = [
     "RobustnessMode",
     "attack_accuracy",
+    "check_robustness_options",
     "example_robustness",
     "flip_radius",
     "margin_radius",
@@ -327,6 +329,52 @@ _MODES: dict[RobustnessMode, Callable[..., Tensor]] = {
 }
 
 
+_BUDGETS = ("radius", "max_radius", "min_radius", "sigma")
+_COUNTS = ("copies", "steps", "search_steps", "pgd_steps")
+
+
+def check_robustness_options(mode: RobustnessMode | str, options: Mapping[str, Any]) -> None:
+    """Fail early on options that :func:`example_robustness` would refuse for ``mode``: unknown
+    names, budgets ``≤ 0``, counts ``< 1``, an unknown norm.
+
+    >>> check_robustness_options("noise", {"sigma": 0.5, "copies": 16})
+    >>> check_robustness_options("margin", {"sigma": 0.5})
+    Traceback (most recent call last):
+    ...
+    ValueError: robustness options ['sigma'] do not apply to mode 'margin'; accepted: ['norm']
+    """
+    mode = _mode(mode)
+    accepted = set(inspect.signature(_MODES[mode]).parameters) - {"model", "inputs", "labels"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(
+            f"robustness options {unknown} do not apply to mode {mode.value!r}; "
+            f"accepted: {sorted(accepted - {'generator'})}"
+        )
+    for name, value in options.items():
+        if name in _BUDGETS:
+            _check_budget(name, value)
+        elif name in _COUNTS:
+            _check_count(name, value)
+        elif name == "norm":
+            _norm(value)
+    if "min_radius" in options or "max_radius" in options:
+        low, high = options.get("min_radius", 1e-4), options.get("max_radius", 1.0)
+        if low >= high:
+            raise ValueError(
+                f"min_radius must be below max_radius, got min_radius={low} and max_radius={high}"
+            )
+
+
+def _mode(mode: RobustnessMode | str) -> RobustnessMode:
+    try:
+        return RobustnessMode(mode)
+    except ValueError:
+        raise ValueError(
+            f"mode must be one of {[m.value for m in RobustnessMode]}, got {mode!r}"
+        ) from None
+
+
 def example_robustness(
     model: nn.Module,
     inputs: Mapping[str, Any],
@@ -339,10 +387,4 @@ def example_robustness(
     ``"margin"``: :func:`margin_radius`; ``"noise"``: :func:`noise_accuracy`; ``"pgd"``:
     :func:`flip_radius`. ``options`` go to that function (e.g. ``norm``, ``sigma``, ``copies``).
     """
-    try:
-        mode = RobustnessMode(mode)
-    except ValueError:
-        raise ValueError(
-            f"mode must be one of {[m.value for m in RobustnessMode]}, got {mode!r}"
-        ) from None
-    return _MODES[mode](model, inputs, labels, **options)
+    return _MODES[_mode(mode)](model, inputs, labels, **options)
