@@ -306,7 +306,7 @@ class ARAdaLSLoss(CalibrationLoss):
         strata, self.edges = equal_count_strata(self.robustness[measured], self.num_strata)
         self.strata.fill_(UNMEASURED)
         self.strata[measured] = strata
-        val_values, confidence, correct = self._measure(self.adaptation_data())
+        val_values, confidence, correct = self._measure(self.adaptation_data(), clean=True)
         gap, counts = stratum_calibration_gap(
             confidence, correct, assign_strata(val_values, self.edges), self.num_strata
         )
@@ -324,9 +324,10 @@ class ARAdaLSLoss(CalibrationLoss):
         trainer.log(logs)
         return logs
 
-    def _measure(self, dataset: Any) -> tuple[Tensor, Tensor, Tensor]:
-        """Robustness, clean confidence and correctness of every example of ``dataset`` (CPU),
-        each process measuring its shard and the results gathered in dataset order."""
+    def _measure(self, dataset: Any, clean: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Robustness of every example of ``dataset`` and, with ``clean``, the clean confidence
+        and correctness (else empty), on the CPU; each process measures its shard and the
+        results are gathered in dataset order."""
         trainer = self.trainer
         api = _robustness_api()
         model = trainer.accelerator.unwrap_model(trainer.model)
@@ -343,21 +344,26 @@ class ARAdaLSLoss(CalibrationLoss):
                 batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
                 labels = batch["labels"]
                 inputs = self.model_inputs(batch)
-                with torch.no_grad():
-                    probs = model(**inputs).logits.float().softmax(dim=-1)
-                confidence, predicted = probs.max(dim=-1)
-                values = api.example_robustness(model, inputs, labels, self.mode, **options)
-                row = torch.stack([values.float(), confidence, (predicted == labels).float()], 1)
+                columns = [api.example_robustness(model, inputs, labels, self.mode, **options)]
+                if clean:
+                    with torch.no_grad():
+                        probs = model(**inputs).logits.float().softmax(dim=-1)
+                    confidence, predicted = probs.max(dim=-1)
+                    columns += [confidence, (predicted == labels).float()]
+                row = torch.stack([c.float() for c in columns], dim=1)
                 parts.append(trainer.accelerator.gather_for_metrics(row))
         finally:
             model.train(was_training)
         table = torch.cat(parts).cpu()
-        if not bool(torch.isfinite(table[:, 0]).all()):
+        values = table[:, 0]
+        if not bool(torch.isfinite(values).all()):
             # A margin with a zero gradient is infinitely robust: rank it last, finitely.
-            finite = table[:, 0][torch.isfinite(table[:, 0])]
+            finite = values[torch.isfinite(values)]
             top = float(finite.max()) + 1.0 if finite.numel() else 1.0
-            table[:, 0] = torch.nan_to_num(table[:, 0], posinf=top)
-        return table[:, 0], table[:, 1], table[:, 2]
+            values = torch.nan_to_num(values, posinf=top)
+        if not clean:
+            return values, torch.empty(0), torch.empty(0)
+        return values, table[:, 1], table[:, 2]
 
 
 def _select(dataset: Any, indices: Tensor) -> Any:

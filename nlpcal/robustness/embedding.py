@@ -169,10 +169,14 @@ def margin_radius(
     norm = _norm(norm)
     with _eval_mode(model):
         batch = _Embedded(model, inputs)
-        _, target, wrong = _target_and_wrong(batch, labels)
         delta = torch.zeros_like(batch.embeds, requires_grad=True)
-        margin = prediction_margin(batch.logits(delta), target)
+        logits = batch.logits(delta)  # the clean logits, with a graph back to the embeddings
+        target = logits.detach().argmax(dim=1)
+        margin = prediction_margin(logits, target)
         (grad,) = torch.autograd.grad(margin.sum(), delta)
+    wrong = torch.zeros_like(target, dtype=torch.bool)
+    if labels is not None:
+        wrong = target != labels.to(target.device)
     radius = first_order_radius(margin.detach(), grad, batch.mask, norm) / batch.scale(norm)
     return radius.masked_fill(wrong, 0.0)
 

@@ -109,7 +109,7 @@ def test_over_confident_strata_smooth_more_and_under_confident_less(tmp_path):
     conf = torch.tensor([0.9, 0.7, 0.5, 0.6]).repeat_interleave(6)
     correct = torch.tensor([0.5, 0.7, 0.5, 1.0]).repeat_interleave(6)
     calls = iter([(train_r, None, None), (val_r, conf, correct)])
-    loss._measure = lambda dataset: next(calls)
+    loss._measure = lambda dataset, clean=False: next(calls)
     loss.refresh()
     assert loss.strata.tolist() == torch.arange(N_TRAIN).div(12, rounding_mode="floor").tolist()
     torch.testing.assert_close(loss.epsilon, torch.tensor([0.4, 0.2, 0.2, 0.0]))
