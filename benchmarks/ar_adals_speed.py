@@ -1,7 +1,7 @@
 """AR-AdaLS training time against cross-entropy, on all-MiniLM-L6-v2 with an SST-2 slice.
 
 Both losses train the same model from the same seed on the same slice in one process; the
-configurations run in an ABBA... order over ``--reps`` rounds so that machine noise hits them
+configurations run in an ABBA order over ``--reps`` rounds so that machine noise hits them
 alike. The time is ``train_runtime`` (training only: AR-AdaLS's refreshes included, the
 post-hoc fit after training excluded); the ratio is against cross-entropy's median, and the
 refresh share is the refreshes' wall time over AR-AdaLS's training time. Each run also reports
@@ -11,6 +11,9 @@ refresh. Prints a table and writes JSON.
 
     python benchmarks/ar_adals_speed.py                     # cross-entropy vs the defaults
     python benchmarks/ar_adals_speed.py --alternatives --reps 1
+    python benchmarks/ar_adals_speed.py --only ar_adals_noise,ar_adals_full_margin --reps 1
+
+Run from the repository root with the package importable (``PYTHONPATH=.`` in a checkout).
 """
 
 from __future__ import annotations
@@ -109,6 +112,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--alternatives", action="store_true")
     parser.add_argument(
+        "--only", default=None, help="comma-separated configurations to run (cross_entropy always)"
+    )
+    parser.add_argument(
         "--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data")
     )
     parser.add_argument("--out", default="benchmarks/results/ar_adals_speed.json")
@@ -118,6 +124,9 @@ def main() -> None:
     configs = {"cross_entropy": None, "ar_adals": DEFAULT}
     if args.alternatives:
         configs.update(ALTERNATIVES)
+    if args.only:
+        keep = {"cross_entropy", *args.only.split(",")}
+        configs = {k: v for k, v in {**configs, **ALTERNATIVES}.items() if k in keep}
     data = load_data(args)
     runs: dict[str, list[dict]] = {c: [] for c in configs}
     names = list(configs)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["adapt_smoothing", "assign_strata", "equal_count_strata", "stratum_calibration_gap"]
+from nlpcal.functional.metrics import expected_calibration_error
+
+__all__ = [
+    "adapt_smoothing",
+    "assign_strata",
+    "equal_count_strata",
+    "stratum_calibration_gap",
+    "stratum_metrics",
+]
 
 
 def equal_count_strata(values: Tensor, num_strata: int) -> tuple[Tensor, Tensor]:
@@ -89,3 +97,37 @@ def adapt_smoothing(
     """
     updated = (epsilon + step * gap.to(epsilon)).clamp(0.0, max_value)
     return torch.where(counts.to(epsilon.device) > 0, updated, epsilon)
+
+
+def stratum_metrics(
+    probs: Tensor, labels: Tensor, strata: Tensor, num_strata: int, n_bins: int = 15
+) -> dict[str, Tensor]:
+    """Count, accuracy, mean confidence and ECE of the examples of each stratum, each ``(R,)``.
+
+    An empty stratum has count 0 and NaN metrics.
+
+    Args:
+        probs: predictive distributions ``(n, K)``.
+        labels: integer labels ``(n,)``.
+        strata: stratum per example in ``[0, R)``.
+        num_strata: ``R``.
+        n_bins: equal-width bins of each stratum's ECE.
+
+    >>> m = stratum_metrics(torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]]),
+    ...                     torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), 3)
+    >>> m["count"].tolist(), m["accuracy"][:2].tolist()
+    ([2.0, 1.0, 0.0], [0.5, 1.0])
+    """
+    strata = strata.long()
+    confidence, predicted = probs.float().max(dim=-1)
+    correct = (predicted == labels).float()
+    counts = torch.bincount(strata, minlength=num_strata).float()
+    sums = torch.zeros(2, num_strata, device=probs.device)
+    sums.index_add_(1, strata, torch.stack([correct, confidence]))
+    nan = torch.full((num_strata,), float("nan"), device=probs.device)
+    ece = nan.clone()
+    for b in counts.nonzero().squeeze(1).tolist():  # one ECE per stratum (R is small)
+        members = strata == b
+        ece[b] = expected_calibration_error(probs[members], labels[members], n_bins=n_bins)
+    mean = torch.where(counts > 0, sums / counts.clamp_min(1), nan)
+    return {"count": counts, "accuracy": mean[0], "confidence": mean[1], "ece": ece}

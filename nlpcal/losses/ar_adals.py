@@ -326,44 +326,22 @@ class ARAdaLSLoss(CalibrationLoss):
 
     def _measure(self, dataset: Any, clean: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """Robustness of every example of ``dataset`` and, with ``clean``, the clean confidence
-        and correctness (else empty), on the CPU; each process measures its shard and the
-        results are gathered in dataset order."""
-        trainer = self.trainer
-        api = _robustness_api()
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        device = next(model.parameters()).device
-        options = dict(self.robustness_kwargs)
-        if self.mode == api.RobustnessMode.NOISE.value:
-            seed = int(trainer.args.seed) * 1_000_003 + self.refreshes
-            options["generator"] = torch.Generator(device=device).manual_seed(seed)
-        parts: list[Tensor] = []
-        was_training = model.training
-        model.eval()
-        try:
-            for batch in trainer.get_eval_dataloader(dataset):
-                batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-                labels = batch["labels"]
-                inputs = self.model_inputs(batch)
-                columns = [api.example_robustness(model, inputs, labels, self.mode, **options)]
-                if clean:
-                    with torch.no_grad():
-                        probs = model(**inputs).logits.float().softmax(dim=-1)
-                    confidence, predicted = probs.max(dim=-1)
-                    columns += [confidence, (predicted == labels).float()]
-                row = torch.stack([c.float() for c in columns], dim=1)
-                parts.append(trainer.accelerator.gather_for_metrics(row))
-        finally:
-            model.train(was_training)
-        table = torch.cat(parts).cpu()
-        values = table[:, 0]
-        if not bool(torch.isfinite(values).all()):
-            # A margin with a zero gradient is infinitely robust: rank it last, finitely.
-            finite = values[torch.isfinite(values)]
-            top = float(finite.max()) + 1.0 if finite.numel() else 1.0
-            values = torch.nan_to_num(values, posinf=top)
+        and correctness (else empty), gathered over processes in dataset order."""
+        from nlpcal.robustness.measure import measure_robustness
+
+        measured = measure_robustness(
+            self.trainer,
+            dataset,
+            self.mode,
+            probs=clean,
+            seed=int(self.trainer.args.seed) * 1_000_003 + self.refreshes,
+            drop=self.extra_inputs,
+            **self.robustness_kwargs,
+        )
         if not clean:
-            return values, torch.empty(0), torch.empty(0)
-        return values, table[:, 1], table[:, 2]
+            return measured.robustness, torch.empty(0), torch.empty(0)
+        confidence, predicted = measured.probs.max(dim=-1)
+        return measured.robustness, confidence, (predicted == measured.labels).float()
 
 
 def _select(dataset: Any, indices: Tensor) -> Any:
