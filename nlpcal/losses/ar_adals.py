@@ -56,7 +56,8 @@ class ARAdaLSLoss(CalibrationLoss):
     2. **Refresh** at the end of each epoch, or every ``refresh_steps`` optimizer steps; none
        after the last step. A refresh measures a random ``refresh_fraction`` of the training
        examples (drawn from ``args.seed`` and the refresh count, the same on every process);
-       the others keep their last value. The whole adaptation set is measured each time.
+       the others keep their last value. The adaptation set (at most ``adaptation_samples`` of
+       it, the same examples each time) is measured at every refresh.
     3. **Strata**: the measured training examples are split by robustness into ``num_strata``
        equal-count strata (by rank; ties in index order); the adaptation examples are placed with
        the same edges.
@@ -96,6 +97,8 @@ class ARAdaLSLoss(CalibrationLoss):
         refresh_fraction: fraction of the training set measured at each refresh, in ``(0, 1]``.
         adaptation_set: name of the eval set the ``ε`` are adapted on (default: the calibration
             split).
+        adaptation_samples: measure at most this many adaptation examples, a random subset drawn
+            once from ``args.seed`` and kept for every refresh (``None``: all).
         robustness_kwargs: options of the robustness measure (e.g. ``{"norm": "linf"}``,
             ``{"sigma": 0.5, "copies": 16}``).
 
@@ -118,6 +121,7 @@ class ARAdaLSLoss(CalibrationLoss):
         refresh_steps: int | None = None,
         refresh_fraction: float = 0.25,
         adaptation_set: str | None = None,
+        adaptation_samples: int | None = 500,
         robustness_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         api = _robustness_api()
@@ -146,6 +150,16 @@ class ARAdaLSLoss(CalibrationLoss):
         self.refresh_steps = refresh_steps
         self.refresh_fraction = float(refresh_fraction)
         self.adaptation_set = adaptation_set
+        if adaptation_samples is not None and (
+            isinstance(adaptation_samples, bool)
+            or not isinstance(adaptation_samples, int)
+            or adaptation_samples < num_strata
+        ):
+            raise ValueError(
+                f"adaptation_samples must be None or an integer >= num_strata={num_strata}, "
+                f"got {adaptation_samples!r}"
+            )
+        self.adaptation_samples = adaptation_samples
         self.trainer: Any = None
         self.refresh_seconds = 0.0  # wall time spent refreshing (this process, not saved)
         self._reset(0)
@@ -211,6 +225,7 @@ class ARAdaLSLoss(CalibrationLoss):
             "refresh_steps": self.refresh_steps,
             "refresh_fraction": self.refresh_fraction,
             "adaptation_set": self.adaptation_set,
+            "adaptation_samples": self.adaptation_samples,
             "robustness_kwargs": self.robustness_kwargs,
         }
 
@@ -274,7 +289,7 @@ class ARAdaLSLoss(CalibrationLoss):
                 f"ar_adals cannot split {measured} training examples (refresh_fraction="
                 f"{self.refresh_fraction} of {n_train}) into num_strata={self.num_strata} strata"
             )
-        n_val = len(self.adaptation_data())
+        n_val = len(self.adaptation_data())  # the cap is >= num_strata
         if n_val < self.num_strata:
             raise ValueError(
                 f"the ar_adals adaptation set has {n_val} examples, fewer than "
@@ -306,7 +321,7 @@ class ARAdaLSLoss(CalibrationLoss):
         strata, self.edges = equal_count_strata(self.robustness[measured], self.num_strata)
         self.strata.fill_(UNMEASURED)
         self.strata[measured] = strata
-        val_values, confidence, correct = self._measure(self.adaptation_data(), clean=True)
+        val_values, confidence, correct = self._measure(self._adaptation_subset(), clean=True)
         gap, counts = stratum_calibration_gap(
             confidence, correct, assign_strata(val_values, self.edges), self.num_strata
         )
@@ -323,6 +338,17 @@ class ARAdaLSLoss(CalibrationLoss):
         }
         trainer.log(logs)
         return logs
+
+    def _adaptation_subset(self) -> Any:
+        """The adaptation examples measured at every refresh: a fixed subset of the cap's size."""
+        data = self.adaptation_data()
+        n = len(data)
+        if self.adaptation_samples is None or n <= self.adaptation_samples:
+            return data
+        g = torch.Generator().manual_seed(int(self.trainer.args.seed))
+        return _select(
+            data, torch.randperm(n, generator=g)[: self.adaptation_samples].sort().values
+        )
 
     def _measure(self, dataset: Any, clean: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """Robustness of every example of ``dataset`` and, with ``clean``, the clean confidence

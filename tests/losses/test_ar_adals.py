@@ -214,3 +214,19 @@ def test_a_training_set_that_cannot_carry_indices_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match="must yield each example's index under 'example_index'"):
         trainer.train()
+
+
+def test_adaptation_samples_caps_the_measured_adaptation_set_with_the_same_examples(tmp_path):
+    trainer = ar_trainer(tmp_path, {"adaptation_samples": 8, "refresh_fraction": 1.0})
+    loss = trainer.calibration_loss
+    measured = []
+    measure = loss._measure
+
+    def spy(dataset, clean=False):
+        if clean:
+            measured.append(sorted(dataset["input_ids"]))
+        return measure(dataset, clean)
+
+    loss._measure = spy
+    trainer.train()
+    assert len(measured) == 2 and len(measured[0]) == 8 and measured[0] == measured[1]

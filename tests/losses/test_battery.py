@@ -256,6 +256,7 @@ def test_registering_a_taken_name_raises_and_keeps_the_first() -> None:
             "-1",
         ),
         ("ar_adals", {"robustness_kwargs": {"copies": 8}}, "copies", "'margin'"),
+        ("ar_adals", {"adaptation_samples": 5}, "adaptation_samples", "got 5"),
     ],
 )
 def test_bad_hyper_parameters_raise_naming_the_value(name, kwargs, arg, bad) -> None:
