@@ -209,6 +209,12 @@ class ARAdaLSLoss(CalibrationLoss):
                 f"[0, max_smoothing={self.max_smoothing}], got {state['epsilon']}"
             )
         robustness = [float("nan") if v is None else v for v in state["robustness"]]
+        if len(state["strata"]) != len(robustness) or len(state["edges"]) != self.num_strata - 1:
+            raise ValueError(
+                f"the ar_adals state is inconsistent: {len(robustness)} robustness values, "
+                f"{len(state['strata'])} strata and {len(state['edges'])} edges (expected "
+                f"{self.num_strata - 1})"
+            )
         self._reset(len(robustness))
         self.robustness = torch.tensor(robustness, dtype=torch.float32)
         self.strata = torch.tensor(state["strata"], dtype=torch.long)

@@ -147,6 +147,11 @@ def test_state_round_trips_through_json_exactly():
     again.load_state_dict(json.loads(json.dumps(loss.state_dict())))
     assert again.state_dict() == loss.state_dict()
     assert torch.equal(again.robustness.isnan(), loss.robustness.isnan())
+    broken = {**loss.state_dict(), "strata": [0, 1]}
+    with pytest.raises(ValueError, match="inconsistent: 5 robustness values, 2 strata"):
+        again.load_state_dict(broken)
+    with pytest.raises(ValueError, match=r"epsilon must hold 3 values in \[0, max_smoothing=0.5\]"):
+        again.load_state_dict({**loss.state_dict(), "epsilon": [0.1, 0.2, 0.7]})
     # Unmeasured examples (1 and 3) get the mean ε.
     mean = float(loss.epsilon.mean())
     assert again.example_smoothing(torch.tensor([1, 3, 4])).tolist() == pytest.approx(
