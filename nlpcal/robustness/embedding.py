@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from nlpcal.functional.robustness import (
     AttackNorm,
+    _norm,
     ascent_step,
     bisect_radius,
     embedding_scale,
@@ -69,15 +70,6 @@ def _check_count(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return value
-
-
-def _norm(norm: AttackNorm | str) -> AttackNorm:
-    try:
-        return AttackNorm(norm)
-    except ValueError:
-        raise ValueError(
-            f"norm must be one of {[n.value for n in AttackNorm]}, got {norm!r}"
-        ) from None
 
 
 class _Embedded:
