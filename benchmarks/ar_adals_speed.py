@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/ar_adals_speed.json")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import nlpcal.losses
+    import nlpcal.robustness  # noqa: F401  (loaded now: later runs import it lazily)
 
     configs = {"cross_entropy": None, "ar_adals": DEFAULT}
     if args.alternatives:
