@@ -28,6 +28,7 @@ TARGETS = {
     "label_smoothing": 1.05,
     "ova": 1.05,
     "double_head": 1.05,
+    "ar_adals": 1.05,  # the step only: its epoch-end refreshes are measured by ar_adals_speed.py
     "regmixup": 2.1,
     "manifold_mixup": 2.1,
 }
@@ -103,11 +104,18 @@ def worker(model_name: str, config: str) -> dict:
         disable_tqdm=True,
         posthoc="none",
         calibration_loss="cross_entropy" if config == "plain" else config,
+        calibration_set="dev",  # the held-out set AR-AdaLS adapts on (never evaluated here)
     )
     if config == "plain":
         trainer = Trainer(model, args, train_dataset=data, callbacks=[StepTimer()])
     else:
-        trainer = CalibratedTrainer(model, args, train_dataset=data, callbacks=[StepTimer()])
+        trainer = CalibratedTrainer(
+            model,
+            args,
+            train_dataset=data,
+            eval_dataset={"dev": data.select(range(2 * batch))},
+            callbacks=[StepTimer()],
+        )
     trainer.train()
     return {
         "step_times": times[warmup:],

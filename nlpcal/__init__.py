@@ -15,6 +15,7 @@ _EXPORTS = {
     "Predictions": "nlpcal.trainer",
     "CalibrationArguments": "nlpcal.args",
     "CalibratedModel": "nlpcal.hub",
+    "DeepEnsemble": "nlpcal.ensemble",
     "load_calibrated": "nlpcal.hub",
     "CalibrationLoss": "nlpcal.losses",
     "create_loss": "nlpcal.losses",

@@ -42,7 +42,7 @@ from nlpcal.hub import (
     model_card,
     save_calibration,
 )
-from nlpcal.losses import CalibrationLoss, LossContext, create_loss
+from nlpcal.losses import EXAMPLE_INDEX, CalibrationLoss, LossContext, create_loss
 from nlpcal.posthoc import Calibrator, calibrator_class, create_calibrator
 
 __all__ = ["CalibratedTrainer", "Predictions", "VariantOutput"]
@@ -173,6 +173,7 @@ class CalibratedTrainer(Trainer):
         self._collect_features = False
         self.last_eval_metrics: dict[str, float] = {}
         self.last_eval_curves: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        self.calibration_loss.attach(self)
         for callback in self.calibration_loss.callbacks():
             self.add_callback(callback)
         self.add_callback(_SaveLossState(self))
@@ -203,6 +204,13 @@ class CalibratedTrainer(Trainer):
             self._diagnostic_steps += 1
         return (loss, {"logits": out.logits}) if return_outputs else loss
 
+    def _set_signature_columns_if_needed(self) -> None:
+        # The columns the loss consumes (extra_inputs, e.g. the example index) survive
+        # remove_unused_columns next to the model's own inputs and the labels.
+        super()._set_signature_columns_if_needed()
+        extra = [c for c in self.calibration_loss.extra_inputs if c not in self._signature_columns]
+        self._signature_columns += extra
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._diagnostic_steps:
             prefix = self.calibration_loss.name
@@ -217,6 +225,8 @@ class CalibratedTrainer(Trainer):
     ):
         if self.train_dataset is not None:
             _check_dataset_labels(self.train_dataset, "train_dataset", self.model.config)
+            if EXAMPLE_INDEX in self.calibration_loss.extra_inputs:
+                self.train_dataset = _with_example_index(self.train_dataset)
         self._check_eval_set_names()
         if resume_from_checkpoint:
             checkpoint = resume_from_checkpoint
@@ -803,6 +813,33 @@ def _by_length(dataset: Any) -> np.ndarray | None:
 
 def _rows(features: Tensor | None, mask: Tensor) -> Tensor | None:
     return None if features is None else features[mask]
+
+
+def _with_example_index(dataset: Any) -> Any:
+    """``dataset`` with an :data:`EXAMPLE_INDEX` column ``0..n−1`` (kept if already valid).
+
+    Added for a loss that lists it in ``extra_inputs`` (per-example state, e.g. AR-AdaLS).
+
+    A ``datasets.Dataset`` gets the column added; any other dataset must already yield the key.
+    """
+    n = len(dataset)
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:
+        first = dataset[0] if n else {}
+        if EXAMPLE_INDEX not in first:
+            raise ValueError(
+                f"the training set must yield each example's index under {EXAMPLE_INDEX!r} "
+                "(a datasets.Dataset gets it added automatically)"
+            )
+        return dataset
+    if EXAMPLE_INDEX not in columns:
+        return dataset.add_column(EXAMPLE_INDEX, np.arange(n, dtype=np.int64))
+    index = np.asarray(dataset[EXAMPLE_INDEX])
+    if not np.array_equal(np.sort(index), np.arange(n)):
+        raise ValueError(
+            f"the training set's {EXAMPLE_INDEX!r} column must hold each of 0..{n - 1} once"
+        )
+    return dataset
 
 
 def _check_dataset_labels(dataset: Any, what: str, config: Any, required: bool = True) -> None:

@@ -90,8 +90,13 @@ def params(model) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("loss", list_losses())
 def test_every_loss_trains_and_logs_its_diagnostics(tmp_path, loss):
     model = tiny_model("bert")
+    # A held-out set, which AR-AdaLS adapts on; no calibrator is fitted on it.
+    args = make_args(tmp_path, calibration_loss=loss, calibration_set="dev", posthoc="none")
     trainer = CalibratedTrainer(
-        model, make_args(tmp_path, calibration_loss=loss), train_dataset=signal_dataset()
+        model,
+        args,
+        train_dataset=signal_dataset(),
+        eval_dataset={"dev": signal_dataset(24, seed=3)},
     )
     before = params(model)
     trainer.train()
@@ -269,8 +274,17 @@ def test_gradient_accumulation_matches_large_batch(tmp_path, loss):
             learning_rate=0.5,
             calibration_loss=loss,
             warmup_steps=0,
+            calibration_set="dev",
+            posthoc="none",
         )
-        trainer = CalibratedTrainer(tiny_model("bert"), args, train_dataset=signal_dataset(8))
+        # The one step sees the same first 8 shuffled examples either way; 40 are enough for
+        # AR-AdaLS's strata, and the held-out set is the one it adapts on.
+        trainer = CalibratedTrainer(
+            tiny_model("bert"),
+            args,
+            train_dataset=signal_dataset(40),
+            eval_dataset={"dev": signal_dataset(24, seed=3)},
+        )
         trainer.train()
         return params(trainer.model)
 

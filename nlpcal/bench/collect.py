@@ -20,9 +20,10 @@ from nlpcal.bench.store import (
     read_result,
     write_json,
 )
+from nlpcal.functional.ensemble import ensemble_ood_score, ensemble_probabilities
 from nlpcal.functional.metrics import evaluation_metrics, expected_calibration_error
 from nlpcal.functional.ood import ood_detection_metrics
-from nlpcal.functional.predictive import predictive_ood_score, split_confidence
+from nlpcal.functional.predictive import split_confidence
 
 __all__ = ["METRICS", "set_metrics", "shift_metrics", "write_results"]
 
@@ -257,23 +258,19 @@ def _mean_value(value: Any) -> float | None:
 
 
 def _ensemble(members: Sequence[Outputs], variants: Sequence[str], method: str) -> Outputs:
-    """The seed ensemble: class probabilities averaged over members; its OOD score is the score
-    of the averaged probabilities, except ``energy`` (a function of logits, which an average of
-    probabilities does not keep): the members' mean."""
+    """The seed ensemble: class probabilities averaged over members and the ensemble's OOD score
+    (:mod:`nlpcal.functional.ensemble`, shared with :class:`~nlpcal.ensemble.DeepEnsemble`)."""
     first = members[0]
     probs: dict[str, dict[str, np.ndarray]] = {}
     ood: dict[str, dict[str, np.ndarray]] = {}
     for name in first.probs:
         probs[name], ood[name] = {}, {}
         for variant in variants:
-            mean = np.mean([m.probs[name][variant] for m in members], axis=0)
+            mean = ensemble_probabilities([m.probs[name][variant] for m in members])
             key = ENSEMBLE if variant == NONE else f"{ENSEMBLE}+{variant}"
-            probs[name][key] = mean
-            if method == "energy":
-                ood[name][key] = np.mean([m.ood[name][variant] for m in members], axis=0)
-            else:
-                log_probs = torch.as_tensor(mean).clamp_min(1e-45).log()
-                ood[name][key] = predictive_ood_score(log_probs, method, normalized=False).numpy()
+            probs[name][key] = mean.numpy()
+            scores = [m.ood[name][variant] for m in members]
+            ood[name][key] = ensemble_ood_score(mean, method, scores).numpy()
     return Outputs(probs, ood, first.labels)
 
 

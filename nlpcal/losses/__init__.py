@@ -1,6 +1,8 @@
 """Training-time calibration losses, each registered under a snake_case name."""
 
+from nlpcal.losses.ar_adals import ARAdaLSLoss
 from nlpcal.losses.base import (
+    EXAMPLE_INDEX,
     CalibrationLoss,
     LossContext,
     LossOutput,
@@ -17,6 +19,8 @@ from nlpcal.losses.ova import OneVsAllLoss
 from nlpcal.losses.regmixup import MixSite, RegMixupLoss
 
 __all__ = [
+    "EXAMPLE_INDEX",
+    "ARAdaLSLoss",
     "CMELoss",
     "CalibrationLoss",
     "CrossEntropyLoss",

@@ -18,6 +18,7 @@ from nlpcal._registry import Registry
 from nlpcal.losses._modules import input_embeddings
 
 __all__ = [
+    "EXAMPLE_INDEX",
     "CalibrationLoss",
     "LossContext",
     "LossOutput",
@@ -27,6 +28,11 @@ __all__ = [
 ]
 
 _LOSSES: Registry[CalibrationLoss] = Registry("calibration loss")
+
+# The batch key of each training example's stable position in the training set. A loss that
+# lists it in ``extra_inputs`` gets it from :class:`~nlpcal.CalibratedTrainer`, which adds the
+# column to the training set and keeps it past ``remove_unused_columns``.
+EXAMPLE_INDEX = "example_index"
 
 
 def register_loss(name: str):
@@ -113,7 +119,8 @@ class CalibrationLoss:
     * ``strength``: the name of the constructor argument whose value 0 turns the method into
       plain cross-entropy (``None`` if the method has no such knob, e.g. one-vs-all).
     * ``requires_embeddings``: the method feeds ``inputs_embeds`` to the model.
-    * ``extra_inputs``: batch keys the loss consumes that the model must not receive.
+    * ``extra_inputs``: batch keys the loss consumes that the model must not receive; with
+      :data:`EXAMPLE_INDEX` among them the trainer adds each training example's index.
     * ``deterministic``: the loss is a deterministic function of model and batch (no sampling),
       so gradient accumulation reproduces a large batch.
     * ``matches_large_batch``: the loss of a batch is the sum of its examples' terms, so
@@ -181,6 +188,10 @@ class CalibrationLoss:
         (True, False)
         """
         return self.normalized and type(self).transform_logits is CalibrationLoss.transform_logits
+
+    def attach(self, trainer: Any) -> None:
+        """Called once by :class:`~nlpcal.CalibratedTrainer` when it is built, before
+        :meth:`callbacks`: a loss whose callbacks read the trainer's data keeps a reference."""
 
     def callbacks(self) -> list[Any]:
         """``transformers.TrainerCallback`` objects the trainer must register (refreshes)."""

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlpcal.losses import (
+    EXAMPLE_INDEX,
     CalibrationLoss,
     LossContext,
     LossOutput,
@@ -21,7 +22,8 @@ from nlpcal.losses import (
     register_loss,
 )
 from nlpcal.losses._modules import classifier_layer
-from tests.conftest import NUM_LABELS, tiny_batch, tiny_model
+from tests.conftest import NUM_LABELS, tiny_model
+from tests.conftest import tiny_batch as conftest_batch
 
 # Every registered loss with its defaults, plus the non-default mixing site of RegMixup.
 CASES = [pytest.param(name, {}, id=name) for name in list_losses()] + [
@@ -38,11 +40,38 @@ LARGE_BATCH_CASES = [
 ARCHS = ["bert", "roberta", "distilbert"]
 
 
+def primed_ar_adals(loss: CalibrationLoss) -> dict[str, Any]:
+    """A refreshed-looking AR-AdaLS state over 16 examples, every ε distinct (0 at strength 0)."""
+    r = loss.num_strata
+    return {
+        "num_strata": r,
+        "refreshes": 1,
+        "robustness": [i / 16 for i in range(16)],
+        "strata": [i * r // 16 for i in range(16)],
+        "edges": [(b + 0.5) / r for b in range(r - 1)],
+        "epsilon": torch.linspace(0, loss.max_smoothing, r).tolist(),
+    }
+
+
+# Stateful losses start from a state in which they differ from cross-entropy.
+PRIMED_STATES = {"ar_adals": primed_ar_adals}
+
+
 def prepared(name: str, kwargs: dict[str, Any], arch: str) -> tuple[CalibrationLoss, nn.Module]:
     loss = create_loss(name, **kwargs)
     model = tiny_model(arch)
     loss.prepare_model(model)
+    if name in PRIMED_STATES:
+        loss.load_state_dict(PRIMED_STATES[name](loss))
     return loss, model
+
+
+def tiny_batch(loss: CalibrationLoss, batch_size: int = 8) -> dict[str, Tensor]:
+    """The conftest batch, plus each example's training-set index for a loss that reads it."""
+    batch = conftest_batch(batch_size)
+    if EXAMPLE_INDEX in loss.extra_inputs:
+        batch[EXAMPLE_INDEX] = torch.arange(batch_size) * 2 % 16
+    return batch
 
 
 def grads(model: nn.Module) -> dict[str, Tensor]:
@@ -53,7 +82,7 @@ def grads(model: nn.Module) -> dict[str, Tensor]:
 @pytest.mark.parametrize(("name", "kwargs"), CASES)
 def test_loss_is_finite_and_reaches_every_trainable_parameter(name, kwargs, arch) -> None:
     loss, model = prepared(name, kwargs, arch)
-    batch = tiny_batch()
+    batch = tiny_batch(loss)
     torch.manual_seed(0)
     out = loss(model, batch, LossContext(num_items_in_batch=torch.tensor(16), progress=0.3))
 
@@ -81,12 +110,12 @@ def test_zero_strength_is_cross_entropy(name, kwargs, arch, num_items) -> None:
     strength = create_loss(name, **kwargs).strength
     loss, model = prepared(name, {**kwargs, strength: 0.0}, arch)
     reference, ce_model = prepared("cross_entropy", {}, arch)
-    batch = tiny_batch()
+    batch = tiny_batch(loss)
     ctx = LossContext(num_items_in_batch=num_items, progress=0.7)
 
     torch.manual_seed(0)
     out = loss(model, batch, ctx)
-    ref = reference(ce_model, batch, ctx)
+    ref = reference(ce_model, tiny_batch(reference), ctx)
     out.loss.backward()
     ref.loss.backward()
 
@@ -104,7 +133,7 @@ def test_zero_strength_is_cross_entropy(name, kwargs, arch, num_items) -> None:
 @pytest.mark.parametrize(("name", "kwargs"), CASES)
 def test_same_seed_same_loss(name, kwargs, arch) -> None:
     loss, model = prepared(name, kwargs, arch)
-    batch = tiny_batch()
+    batch = tiny_batch(loss)
 
     def run(seed: int) -> Tensor:
         torch.manual_seed(seed)
@@ -166,7 +195,7 @@ def assert_accumulation_matches_one_large_batch(name, kwargs, arch) -> None:
     """Two micro-batches of 4 give the loss and gradients of one batch of 8."""
     loss, big_model = prepared(name, kwargs, arch)
     _, acc_model = prepared(name, kwargs, arch)
-    batch = tiny_batch(batch_size=8)
+    batch = tiny_batch(loss, batch_size=8)
 
     big = loss(big_model, batch, LossContext(num_items_in_batch=None, progress=0.2)).loss
     big.backward()
@@ -245,6 +274,21 @@ def test_registering_a_taken_name_raises_and_keeps_the_first() -> None:
             "0",
         ),
         ("cme", {"base": "label_smoothing", "base_kwargs": {"alpha": 2.0}}, "alpha", "2.0"),
+        ("ar_adals", {"num_strata": 1}, "num_strata", "got 1"),
+        ("ar_adals", {"eta": 0.0}, "eta", "0.0"),
+        ("ar_adals", {"max_smoothing": 1.0}, "max_smoothing", "1.0"),
+        ("ar_adals", {"mode": "fgsm"}, "mode", "'fgsm'"),
+        ("ar_adals", {"refresh_steps": 0}, "refresh_steps", "got 0"),
+        ("ar_adals", {"refresh_fraction": 0.0}, "refresh_fraction", "0.0"),
+        ("ar_adals", {"robustness_kwargs": {"sigma": 0.0}, "mode": "noise"}, "sigma", "0.0"),
+        (
+            "ar_adals",
+            {"robustness_kwargs": {"max_radius": -1.0}, "mode": "pgd"},
+            "max_radius",
+            "-1",
+        ),
+        ("ar_adals", {"robustness_kwargs": {"copies": 8}}, "copies", "'margin'"),
+        ("ar_adals", {"adaptation_samples": 5}, "adaptation_samples", "got 5"),
     ],
 )
 def test_bad_hyper_parameters_raise_naming_the_value(name, kwargs, arg, bad) -> None:
@@ -253,7 +297,7 @@ def test_bad_hyper_parameters_raise_naming_the_value(name, kwargs, arg, bad) -> 
     assert bad in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["label_smoothing", "ova", "double_head"])
+@pytest.mark.parametrize("name", ["label_smoothing", "ova", "double_head", "ar_adals"])
 def test_losses_that_need_classes_reject_a_one_label_model(name) -> None:
     with pytest.raises(ValueError, match="num_labels=1"):
         create_loss(name).prepare_model(tiny_model("bert", num_labels=1))
@@ -284,7 +328,7 @@ class _CountingLoss(CalibrationLoss):
 
 def test_extra_inputs_reach_the_loss_but_not_the_model_and_state_round_trips() -> None:
     loss = _CountingLoss(num_examples=10)
-    batch = {**tiny_batch(batch_size=4), "example_index": torch.tensor([0, 3, 3, 9])}
+    batch = {**conftest_batch(batch_size=4), "example_index": torch.tensor([0, 3, 3, 9])}
     assert set(loss.model_inputs(batch)) == {"input_ids", "attention_mask"}
 
     out = loss(tiny_model("bert"), batch, LossContext())

@@ -1,0 +1,89 @@
+"""Robustness and clean predictions of every example of a data set, through a trainer's loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from nlpcal.robustness.embedding import RobustnessMode, example_robustness
+
+__all__ = ["DatasetRobustness", "measure_robustness"]
+
+
+@dataclass
+class DatasetRobustness:
+    """Per-example robustness of a data set, with the clean predictions, on the CPU.
+
+    Attributes:
+        robustness: ``(n,)``, larger is more robust (an infinite margin radius, from a margin
+            without gradient, is replaced by the largest finite value plus one).
+        probs: the clean predictive distribution ``(n, K)``, or ``None`` if not asked for.
+        labels: the labels ``(n,)``.
+    """
+
+    robustness: Tensor
+    probs: Tensor | None
+    labels: Tensor
+
+
+def measure_robustness(
+    trainer: Any,
+    dataset: Any,
+    mode: RobustnessMode | str = RobustnessMode.MARGIN,
+    probs: bool = True,
+    seed: int | None = None,
+    drop: tuple[str, ...] = (),
+    **options: Any,
+) -> DatasetRobustness:
+    """Measure :func:`~nlpcal.robustness.example_robustness` on every example of ``dataset``.
+
+    The examples come from ``trainer.get_eval_dataloader(dataset)`` (its collator, batch size and
+    column handling); under distributed training each process measures its shard and the results
+    are gathered in dataset order, so every process returns the same values. The model runs in
+    eval mode and is put back in its mode afterwards.
+
+    Args:
+        trainer: a ``transformers.Trainer`` (e.g. :class:`~nlpcal.CalibratedTrainer`).
+        dataset: a labelled data set the trainer's loader accepts.
+        mode: ``"margin"``, ``"noise"`` or ``"pgd"``.
+        probs: also collect the clean predictive distribution (one more forward pass).
+        seed: seeds the noise of ``mode="noise"`` (a generator on the model's device).
+        drop: batch keys that are not model inputs (beyond ``labels``).
+        **options: options of the measure (see :func:`~nlpcal.robustness.example_robustness`).
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    device = next(model.parameters()).device
+    if RobustnessMode(mode) is RobustnessMode.NOISE and seed is not None:
+        options["generator"] = torch.Generator(device=device).manual_seed(seed)
+    rows: list[Tensor] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in trainer.get_eval_dataloader(dataset):
+            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            labels = batch.get("labels")
+            if labels is None:
+                raise ValueError(f"measuring robustness needs labels; batch keys {sorted(batch)}")
+            inputs = {k: v for k, v in batch.items() if k not in ("labels", *drop)}
+            columns = [example_robustness(model, inputs, labels, mode, **options).float()[:, None]]
+            columns.append(labels.float()[:, None])
+            if probs:
+                with torch.no_grad():
+                    columns.append(model(**inputs).logits.float().softmax(dim=-1))
+            rows.append(trainer.accelerator.gather_for_metrics(torch.cat(columns, dim=1)))
+    finally:
+        model.train(was_training)
+    table = torch.cat(rows).cpu()
+    values = table[:, 0]
+    if not bool(torch.isfinite(values).all()):
+        finite = values[torch.isfinite(values)]
+        top = float(finite.max()) + 1.0 if finite.numel() else 1.0
+        values = torch.nan_to_num(values, posinf=top)
+    return DatasetRobustness(
+        robustness=values,
+        probs=table[:, 2:] if probs else None,
+        labels=table[:, 1].long(),
+    )
