@@ -66,9 +66,9 @@ def prepared(name: str, kwargs: dict[str, Any], arch: str) -> tuple[CalibrationL
     return loss, model
 
 
-def tiny_batch(loss: CalibrationLoss, batch_size: int = 8) -> dict[str, Tensor]:
+def tiny_batch(loss: CalibrationLoss, batch_size: int = 8, seed: int = 0) -> dict[str, Tensor]:
     """The conftest batch, plus each example's training-set index for a loss that reads it."""
-    batch = conftest_batch(batch_size)
+    batch = conftest_batch(batch_size, seed=seed)
     if EXAMPLE_INDEX in loss.extra_inputs:
         batch[EXAMPLE_INDEX] = torch.arange(batch_size) * 2 % 16
     return batch
@@ -160,7 +160,7 @@ def test_each_micro_batch_carries_its_share_of_the_accumulated_batch(name, kwarg
     """What gradient accumulation means for every loss, also those coupling a micro-batch's
     examples: a micro-batch of 4 in an accumulated batch of 8 is its own loss times 4/8."""
     loss, model = prepared(name, kwargs, arch)
-    micro = tiny_batch(batch_size=4, seed=1)
+    micro = tiny_batch(loss, batch_size=4, seed=1)
     alone = loss(model, micro, LossContext(num_items_in_batch=None, progress=0.2)).loss
     share = loss(model, micro, LossContext(num_items_in_batch=torch.tensor(8), progress=0.2)).loss
     torch.testing.assert_close(share, alone * 4 / 8, atol=1e-6, rtol=1e-5)
