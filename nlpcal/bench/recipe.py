@@ -434,7 +434,7 @@ class Method(_Section):
     it, as the trainer's `posthoc` and `posthoc_kwargs` (:func:`~nlpcal.args.posthoc_variants`).
 
     >>> Method.from_dict({"calibration_loss": "label_smoothing", "loss_kwargs": {"alpha": 0.1}})
-    Method(name='label_smoothing', calibration_loss='label_smoothing', loss_kwargs={'alpha': 0.1}, posthoc=('temperature',), posthoc_kwargs={})
+    Method(name='label_smoothing', calibration_loss='label_smoothing', loss_kwargs={'alpha': 0.1}, posthoc=('temperature',), posthoc_kwargs={}, drift_posthoc=(), train=True)
     >>> Method.from_dict({"calibration_loss": "ova", "posthoc": ["auto", "t=temperature"]}).variants
     ('none', 'exponential', 't')
     """
