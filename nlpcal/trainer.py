@@ -791,11 +791,13 @@ class _SaveLossState(TrainerCallback):
 
 
 def _concat(parts: Sequence[Predictions]) -> Predictions:
+    """The rows of every part; features only when every part has them (the perturbed copies
+    carry features only when a drift-aware variant needs them)."""
     features = [p.features for p in parts]
     return Predictions(
         logits=torch.cat([p.logits for p in parts]),
         labels=torch.cat([p.labels for p in parts]),
-        features=None if features[0] is None else torch.cat(features),
+        features=None if any(f is None for f in features) else torch.cat(features),
     )
 
 

@@ -516,3 +516,21 @@ def test_drift_variants_need_perturbed_copies_and_must_be_variants(tmp_path):
     dev = trainer.eval_dataset["dev"]
     with pytest.raises(ValueError, match="must be labelled and have its 48 rows"):
         trainer.calibrate(dev, drift_datasets=[dev.select(range(10))])
+
+
+def test_a_feature_calibrator_beside_a_drift_aware_temperature(tmp_path):
+    """AdaTS needs features of the clean rows; the perturbed copies of a drift-aware temperature
+    need none: fitting (and cross-fitting) both works."""
+    trainer = calibrated_trainer(
+        tmp_path,
+        posthoc=["adats", "t_drift=temperature"],
+        posthoc_kwargs={"adats": {"epochs": 2}},
+        drift_variants=["t_drift"],
+    )
+    assert set(trainer.calibrators) == {"adats", "t_drift"}
+    dev = trainer.eval_dataset["dev"]
+    preds = trainer.predictions(dev, features=True)
+    drift = trainer.drift_predictions(n=len(dev))
+    assert drift[0].features is None
+    outputs = trainer.cross_fitted_outputs(preds, drift=drift)
+    assert set(outputs) == {"none", "adats", "t_drift"}
