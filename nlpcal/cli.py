@@ -12,7 +12,8 @@ and a report. Re-run with the same output folder, it resumes: finished cells are
 
 ``nlpcal evaluate MODEL [--config RECIPE | --test [NAME=]SOURCE --shifted NAME=SOURCE ...]`` scores
 a fine-tuned classifier as it is (a folder, a Hub id or a model saved by nlpcal), in-domain and under
-shift, with the same report as a benchmark; ``--posthoc NAME --calibration SOURCE`` adds post-hoc
+shift, with the same report as a benchmark (a model saved by nlpcal also with each calibrator it
+carries, as the variant ``saved_<variant>``); ``--posthoc NAME --calibration SOURCE`` adds post-hoc
 calibrators. ``nlpcal calibrate MODEL --calibration SOURCE ...`` fits them (default: temperature
 scaling), scores the model before and after, and saves the calibrated model (``--push-to-hub REPO``
 uploads it). With ``--config`` the recipe's ``data`` section (and ``data_dir``, ``max_length``,
@@ -118,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--max-length", type=int, help="most tokens per example")
         command.add_argument("--max-eval-samples", type=int, help="most rows of each set")
         command.add_argument("--batch-size", type=int, default=64, help="examples per batch")
+        command.add_argument(
+            "--no-saved-calibration",
+            dest="saved_calibration",
+            action="store_false",
+            help="for a model saved by nlpcal, skip scoring the calibrators it carries "
+            "(the variants saved_<variant>)",
+        )
         command.add_argument("--output-dir", default=default, help=f"the run folder ({default})")
     calibrate.add_argument("--push-to-hub", metavar="REPO", help="upload the calibrated model")
     explain = sub.add_parser(
@@ -251,6 +259,7 @@ def _existing_model(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         name=args.command,
         save_model=args.command == "calibrate",
+        saved_calibration=args.saved_calibration,
         **options,
     )
     results = run_bench(recipe, args.output_dir, resume=False)

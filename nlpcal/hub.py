@@ -233,6 +233,12 @@ def save_calibration(
     ``nlpcal_unfolded.safetensors``. ``record`` takes :func:`calibration_record`'s keyword
     arguments; the record written to ``nlpcal_config.json`` is returned.
     """
+    unfitted = [v for v, c in calibrators.items() if not bool(c.fitted)]
+    if unfitted:
+        raise ValueError(
+            f"the post-hoc calibrators {unfitted} are not fitted: fit them (trainer.calibrate() "
+            "or .fit()) before saving"
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = calibration_record(loss, calibrators, active, model, **record)
@@ -815,11 +821,9 @@ def load_calibrated(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folder = _find_folder(path, hub_kwargs)
+    saved, active = saved_calibrators(folder)
     config_file = folder / CONFIG_NAME
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: not saved by nlpcal")
     meta = read_json(config_file, required=("loss",))
-    saved, active, location = _saved_calibrators(folder, meta)
     variant = active if calibrator is None else calibrator
     if variant not in (*saved, None, "none"):
         raise ValueError(
@@ -839,14 +843,7 @@ def load_calibrated(
     _restore_weights(model, weights)
     if meta.get("folded"):
         _restore_unfolded(model, folder, meta["folded"])
-    fitted = None
-    if variant in saved:
-        fitted = load_calibrator(location[variant])
-        if fitted.name != saved[variant]:
-            raise ValueError(
-                f"{config_file} names the calibrator {saved[variant]!r} but "
-                f"{location[variant]} holds {fitted.name!r}"
-            )
+    fitted = saved.get(variant)
     tokenizer = None
     if (folder / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -881,6 +878,31 @@ def _saved_calibrators(
     if name is None:
         return {}, None, {}
     return {name: name}, name, {name: folder / LEGACY_CALIBRATOR_DIR}
+
+
+def saved_calibrators(folder: str | os.PathLike) -> tuple[dict[str, Calibrator], str | None]:
+    """The fitted post-hoc calibrators saved in an nlpcal model folder, by variant name, and the
+    active variant (``None`` when none is saved).
+
+    Raises:
+        FileNotFoundError: the folder was not saved by nlpcal.
+        ValueError: naming the file, when the record or a calibrator is corrupted.
+    """
+    folder = Path(folder)
+    config_file = folder / CONFIG_NAME
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: not saved by nlpcal")
+    meta = read_json(config_file, required=("loss",))
+    saved, active, location = _saved_calibrators(folder, meta)
+    fitted = {}
+    for variant, name in saved.items():
+        fitted[variant] = load_calibrator(location[variant])
+        if fitted[variant].name != name:
+            raise ValueError(
+                f"{config_file} names the calibrator {name!r} but {location[variant]} holds "
+                f"{fitted[variant].name!r}"
+            )
+    return fitted, active
 
 
 def _find_folder(path: str | os.PathLike, hub_kwargs: Mapping[str, Any]) -> Path:

@@ -225,6 +225,7 @@ def test_a_model_saved_by_nlpcal_is_evaluated_as_trained_and_recalibrated_once(t
         processing_class=AutoTokenizer.from_pretrained(folder),
     )
     trainer.calibrator.log_value.fill_(math.log(3.0))
+    trainer.calibrator.fitted.fill_(True)
     saved = tmp_path / "saved"
     trainer.save_model(str(saved))
     recipe = existing_model_recipe(saved, {"test": DATA["test"]}, **SMALL)
@@ -242,13 +243,25 @@ def test_a_model_saved_by_nlpcal_is_evaluated_as_trained_and_recalibrated_once(t
     assert rows(results)[("model", "none", "sst2")]["nll"] == pytest.approx(
         float(expected["nll"]), abs=1e-5
     )  # "before" is the model as trained, not the folded one
-    _, recalibrated = calibrate_model(saved, DATA, tmp_path / "c", **SMALL)
+    calibrated = evaluation_metrics((raw / 3.0).softmax(-1), labels, n_bins=15)
+    assert recipe.methods[0].variants == ("none", "saved_temperature")
+    assert rows(results)[("model", "saved_temperature", "sst2")]["nll"] == pytest.approx(
+        float(calibrated["nll"]), abs=1e-5
+    )  # and its saved calibration, scored as it is
+    plain = existing_model_recipe(saved, {"test": DATA["test"]}, saved_calibration=False, **SMALL)
+    assert plain.methods[0].variants == ("none",)
+    results, recalibrated = calibrate_model(saved, DATA, tmp_path / "c", **SMALL)
+    assert ("model", "saved_temperature", "imdb") in rows(results)  # the old one, for comparison
+    assert "saved_temperature" in {r["variant"] for r in results["selection"]}
     again = model_folder_of(tmp_path / "c")
     temperature = float(recalibrated.calibrator.temperature)
     with torch.no_grad():
         plain = AutoModelForSequenceClassification.from_pretrained(again).eval()(**batch).logits
     assert torch.allclose(plain, raw / temperature, atol=1e-4)  # one calibration, not two
     assert load_calibrated(again, calibrator="none").model is not None
+    record = load_calibrated(again).record
+    assert list(record["calibrators"]) == ["temperature"]  # not the old one
+    assert set(record["metrics"]["imdb"]) == {"none", "temperature"}  # nor its metrics
 
 
 def model_folder_of(run: Path) -> Path:
@@ -293,3 +306,69 @@ def test_a_push_without_network_is_one_line_and_keeps_the_local_model(
     assert line.startswith("nlpcal: error: pushing to the Hub repository me/calibrated failed")
     assert "cannot reach the Hub" in line
     assert (model_folder_of(tmp_path / "r") / "nlpcal_config.json").is_file()
+
+
+def test_a_hub_model_with_only_pytorch_weights_is_downloaded_with_them(tmp_path, monkeypatch):
+    """A repository without safetensors (an older upload): its pickled weights are fetched."""
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+    from safetensors.torch import load_file
+
+    repo = save_classifier(tmp_path / "repo", {0: "negative", 1: "positive"})
+    torch.save(load_file(repo / "model.safetensors"), repo / "pytorch_model.bin")
+    (repo / "model.safetensors").unlink()
+    (repo / "tf_model.h5").write_bytes(b"other framework")
+    calls = []
+
+    def stand_in(repo_id, allow_patterns=None, **kwargs):  # copies what the patterns allow
+        calls.append(allow_patterns)
+        cache = tmp_path / "cache" / str(len(calls))
+        cache.mkdir(parents=True)
+        for file in repo.iterdir():
+            if any(fnmatch.fnmatch(file.name, p) for p in allow_patterns):
+                shutil.copy(file, cache / file.name)
+        return str(cache)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", stand_in)
+    results = evaluate_model(
+        "someone/old-sentiment", {"test": DATA["test"]}, tmp_path / "r", **SMALL
+    )
+    probs, labels = expected_probs(repo, "sample:sst2/test")  # columns swapped for upper_reversed
+    accuracy = float((probs[:, ::-1].argmax(1) == labels).mean())
+    assert rows(results)[("model", "none", "sst2")]["accuracy"] == pytest.approx(accuracy)
+    assert not any(fnmatch.fnmatch("tf_model.h5", p) for patterns in calls for p in patterns)
+
+
+def test_saved_posthoc_is_checked(upper_reversed, tmp_path):
+    from nlpcal.bench.recipe import Method
+
+    with pytest.raises(ValueError, match=r"saved_posthoc .* needs train: false"):
+        Method.from_dict({"calibration_loss": "cross_entropy", "saved_posthoc": ["temperature"]})
+    with pytest.raises(ValueError, match=r"variants \['saved_temperature'\] have the names"):
+        Method.from_dict(
+            {
+                "calibration_loss": "cross_entropy",
+                "train": False,
+                "posthoc": ["saved_temperature=temperature"],
+                "saved_posthoc": ["temperature"],
+            }
+        )
+    recipe = existing_model_recipe(upper_reversed, {"test": DATA["test"]}, **SMALL)
+    method = {**recipe.to_dict()["methods"][0], "saved_posthoc": ["temperature"]}
+    recipe = recipe.from_dict({**recipe.to_dict(), "methods": [method]})
+    with pytest.raises(ValueError, match="needs a model saved by nlpcal"):
+        evaluate_model(recipe, output_dir=tmp_path / "e")
+
+
+def test_an_unfitted_calibrator_is_not_saved(tmp_path):
+    from nlpcal.hub import save_calibration
+    from nlpcal.losses import create_loss
+    from nlpcal.posthoc import TemperatureScaler
+
+    with pytest.raises(ValueError, match=r"calibrators \['temperature'\] are not fitted"):
+        save_calibration(
+            tmp_path, create_loss("cross_entropy"), {"temperature": TemperatureScaler()}
+        )
+    assert not any(tmp_path.iterdir())

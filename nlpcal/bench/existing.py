@@ -47,6 +47,7 @@ def existing_model_recipe(
     data_dir: str | None = None,
     name: str = "model",
     save_model: bool = False,
+    saved_calibration: bool = True,
 ) -> Recipe:
     """The recipe of a run on an existing classifier: one method, ``train: false``, seed 0.
 
@@ -68,13 +69,22 @@ def existing_model_recipe(
         data_dir: the shared data folder, for ``shared:`` sources.
         name: the run's name.
         save_model: save the calibrated model with its calibrators.
+        saved_calibration: for a folder saved by nlpcal, also score the calibrators it carries,
+            as they are (the variants ``saved_<variant>``); :func:`calibrate_model` saves only
+            the newly fitted ones.
     """
     if not isinstance(data, Data):
         data = Data.from_dict(dict(data), "data")
     loss_kwargs: dict[str, Any] = {}
-    saved = saved_loss(_model_folder(os.fspath(model)))
+    saved_variants: tuple[str, ...] = ()
+    folder = _model_folder(os.fspath(model))
+    saved = saved_loss(folder)
     if saved is not None:  # a model saved by nlpcal: its outputs are read as its loss defines
         calibration_loss, loss_kwargs = saved
+        if saved_calibration:
+            from nlpcal.hub import saved_calibrators
+
+            saved_variants = tuple(saved_calibrators(folder)[0])
     method = Method(
         name=METHOD,
         calibration_loss=calibration_loss,
@@ -82,6 +92,7 @@ def existing_model_recipe(
         posthoc=tuple(posthoc),
         posthoc_kwargs=dict(posthoc_kwargs or {}),
         train=False,
+        saved_posthoc=saved_variants,
     )
     training = {"per_device_eval_batch_size": batch_size, "dataloader_pin_memory": _cuda()}
     if _cuda():  # half precision for inference on a GPU

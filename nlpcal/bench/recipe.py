@@ -77,6 +77,7 @@ __all__ = [
 
 NONE = "none"
 DRIFT_SUFFIX = "_drift"  # the variant of a calibrator fitted drift-aware
+SAVED_PREFIX = "saved_"  # the variant of a calibrator saved with a model taken as it is
 _NAME = re.compile(r"[a-z0-9][a-z0-9_]*")
 # Set per cell by the runner; a recipe's shared ``training`` section must not set them.
 _PER_CELL = (
@@ -434,7 +435,7 @@ class Method(_Section):
     it, as the trainer's `posthoc` and `posthoc_kwargs` (:func:`~nlpcal.args.posthoc_variants`).
 
     >>> Method.from_dict({"calibration_loss": "label_smoothing", "loss_kwargs": {"alpha": 0.1}})
-    Method(name='label_smoothing', calibration_loss='label_smoothing', loss_kwargs={'alpha': 0.1}, posthoc=('temperature',), posthoc_kwargs={}, drift_posthoc=(), train=True)
+    Method(name='label_smoothing', calibration_loss='label_smoothing', loss_kwargs={'alpha': 0.1}, posthoc=('temperature',), posthoc_kwargs={}, drift_posthoc=(), train=True, saved_posthoc=())
     >>> Method.from_dict({"calibration_loss": "ova", "posthoc": ["auto", "t=temperature"]}).variants
     ('none', 'exponential', 't')
     """
@@ -477,6 +478,14 @@ class Method(_Section):
             "`calibration_loss` then says how its outputs are read (cross_entropy: softmax)."
         },
     )
+    saved_posthoc: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "With `train: false` and a model saved by nlpcal: its saved post-hoc "
+            "variants to score as they are, without refitting; each is the variant "
+            "`saved_<variant>`."
+        },
+    )
 
     def __post_init__(self) -> None:
         loss_name = self.calibration_loss
@@ -502,13 +511,27 @@ class Method(_Section):
         canonical = tuple(
             v if v == c else f"{v}={c}" for v, (c, _) in variants.items() if v not in drift_names
         )
+        if self.saved_posthoc and self.train:
+            raise ValueError(
+                f"method {name!r}: saved_posthoc scores the calibrators saved with a model taken "
+                "as it is; it needs train: false"
+            )
+        clash = sorted({f"{SAVED_PREFIX}{v}" for v in self.saved_posthoc} & set(variants))
+        if clash:
+            raise ValueError(
+                f"method {name!r}: the post-hoc variants {clash} have the names of saved ones; "
+                "rename them (VARIANT=NAME)"
+            )
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "posthoc", canonical)
 
     @property
     def variants(self) -> tuple[str, ...]:
-        """``"none"`` (uncalibrated), each post-hoc variant, then each drift-aware one."""
-        return (NONE, *(entry.partition("=")[0] for entry in self.posthoc), *self.drift_variants)
+        """``"none"`` (uncalibrated), each post-hoc variant, each drift-aware one, then each
+        saved one."""
+        fitted = (entry.partition("=")[0] for entry in self.posthoc)
+        saved = (f"{SAVED_PREFIX}{v}" for v in self.saved_posthoc)
+        return (NONE, *fitted, *self.drift_variants, *saved)
 
     @property
     def drift_variants(self) -> tuple[str, ...]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from nlpcal.args import CalibrationArguments
 from nlpcal.bench.collect import set_metrics, shift_metrics, write_results
-from nlpcal.bench.recipe import NONE, DriftSpec, Method, Recipe
+from nlpcal.bench.recipe import NONE, SAVED_PREFIX, DriftSpec, Method, Recipe
 from nlpcal.bench.store import (
     MODEL_DIR,
     RESULT_NAME,
@@ -41,13 +41,16 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+    from nlpcal.posthoc import Calibrator
     from nlpcal.trainer import CalibratedTrainer
 
 __all__ = ["calibrate_pretrained", "run_bench", "saved_loss", "train_calibrated"]
 
 logger = logging.getLogger(__name__)
-# The files of a Hub model that loading it needs (no other frameworks' weights).
+# The files of a Hub model that loading it needs (no other frameworks' weights); PyTorch's
+# pickled weights only for a repository without safetensors.
 _MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
+_PICKLED_WEIGHTS = ["pytorch_model*.bin"]
 
 
 def run_bench(
@@ -200,6 +203,7 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
     """Train one cell (the trainer fits its calibrators), predict every set with every variant;
     write the predictions, then the result."""
     start = time.time()
+    saved = _saved_variants(recipe.model, method)
     args = recipe.training_arguments(method, seed, folder)
     drift = data.drift if method.drift_posthoc else None
     if method.train:
@@ -210,16 +214,18 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
         trainer = calibrate_pretrained(
             recipe.model, args, data.calibration, data.tokenizer, drift_datasets=drift
         )
+    calibrators = {**trainer.calibrators, **saved}
+    features = any(c.requires_features for c in calibrators.values())
     outputs = Outputs({}, {}, {})
     for name, dataset in data.sets.items():
         label_map = data.label_maps.get(name)
         if label_map is not None:  # labels in the set's own space: scored after the map
             outputs.labels[name] = np.asarray(dataset["label"])
             dataset = dataset.remove_columns("label")
-        preds = trainer.predictions(dataset, name)
+        preds = trainer.predictions(dataset, name, features=features)
         if label_map is None and preds.labels is not None:
             outputs.labels[name] = preds.labels.numpy()
-        variants = trainer.variant_outputs(preds)
+        variants = trainer.variant_outputs(preds, calibrators)
         outputs.probs[name] = {
             v: (
                 out.class_probs if label_map is None else label_map.apply_probs(out.class_probs)
@@ -230,11 +236,14 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
     selection = (
         None
         if data.calibration is None
-        else _calibration_split_metrics(trainer, data.calibration, seed)
+        else _calibration_split_metrics(trainer, data.calibration, seed, saved)
     )
     metrics = set_metrics(outputs, recipe.data.test.name)
-    if recipe.save_model:
-        trainer.last_eval_metrics = metrics  # recorded with the model, shown on its card
+    if recipe.save_model:  # recorded with the model, shown on its card: the variants it holds
+        trainer.last_eval_metrics = {
+            name: {v: values for v, values in variants.items() if v not in saved}
+            for name, variants in metrics.items()
+        }
         trainer.save_model(str(folder / MODEL_DIR))
     train_log = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), {})
     save_predictions(folder, outputs)
@@ -255,17 +264,48 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
 
 
 def _calibration_split_metrics(
-    trainer: CalibratedTrainer, calibration: Dataset, seed: int
+    trainer: CalibratedTrainer,
+    calibration: Dataset,
+    seed: int,
+    saved: dict[str, Calibrator] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Every variant's metrics on the calibration split, each calibrator cross-fitted (2 folds):
-    what methods may be compared and chosen by without looking at a test or shifted set."""
+    what methods may be compared and chosen by without looking at a test or shifted set. The
+    ``saved`` calibrators of a model taken as it is were fitted elsewhere: scored as they are."""
+    saved = saved or {}
     features = any(
         calibrator_class(v.calibrator).requires_features for v in trainer.posthoc.values()
-    )
+    ) or any(c.requires_features for c in saved.values())
     preds = trainer.predictions(calibration, "calibration", features=features)
-    drift = trainer.drift_predictions(n=len(calibration))
-    outputs = trainer.cross_fitted_outputs(preds, folds=2, seed=seed, drift=drift)
+    outputs = {}
+    if trainer.posthoc:
+        drift = trainer.drift_predictions(n=len(calibration))
+        outputs = trainer.cross_fitted_outputs(preds, folds=2, seed=seed, drift=drift)
+    outputs.update(trainer.variant_outputs(preds, saved))
     return {v: shift_metrics(out.class_probs, preds.labels) for v, out in outputs.items()}
+
+
+def _saved_variants(model: str, method: Method) -> dict[str, Calibrator]:
+    """The calibrators of ``method.saved_posthoc``, loaded from the nlpcal folder of ``model``,
+    under their variant names (``saved_<variant>``)."""
+    if not method.saved_posthoc:
+        return {}
+    from nlpcal.hub import saved_calibrators
+
+    folder = _model_folder(model)
+    if saved_loss(folder) is None:
+        raise ValueError(
+            f"method {method.name!r}: saved_posthoc {list(method.saved_posthoc)} needs a model "
+            f"saved by nlpcal; {model} was not (it holds no calibrators)"
+        )
+    fitted, _ = saved_calibrators(folder)
+    missing = [v for v in method.saved_posthoc if v not in fitted]
+    if missing:
+        raise ValueError(
+            f"method {method.name!r}: saved_posthoc names {missing}, which {model} does not "
+            f"hold; its saved variants: {list(fitted)}"
+        )
+    return {f"{SAVED_PREFIX}{v}": fitted[v] for v in method.saved_posthoc}
 
 
 def train_calibrated(
@@ -347,7 +387,10 @@ def _model_folder(model_name_or_path: str) -> str:
     path = resolve_model_path(model_name_or_path)
     if os.path.isdir(path):
         return path
-    return str(_find_folder(path, {"allow_patterns": _MODEL_FILES}))
+    folder = _find_folder(path, {"allow_patterns": _MODEL_FILES})
+    if not any(folder.glob("*.safetensors")):  # an older repository: PyTorch weights only
+        folder = _find_folder(path, {"allow_patterns": [*_MODEL_FILES, *_PICKLED_WEIGHTS]})
+    return str(folder)
 
 
 def saved_loss(folder: str | os.PathLike[str]) -> tuple[str, dict[str, Any]] | None:
