@@ -74,3 +74,44 @@ def test_minilm_short_run_per_loss(tmp_path, minilm_setup, loss):
     if calibrator == "temperature":
         # Temperature scaling minimises NLL on the split it is fitted on.
         assert metrics["eval_dev_temperature_nll"] <= metrics["eval_dev_nll"] + 1e-4
+    if loss == "cross_entropy":
+        check_as_a_model_from_elsewhere(trainer, tmp_path, metrics)
+
+
+def check_as_a_model_from_elsewhere(trainer, tmp_path, metrics):
+    """The fine-tuned model saved as plain transformers, its classes renamed and reordered
+    (``Positive``, ``NEGATIVE``), evaluated and calibrated as a model trained elsewhere."""
+    import torch
+
+    from nlpcal import load_calibrated
+    from nlpcal.bench.existing import calibrate_model, evaluate_model
+    from tests.conftest import SHARED_DATA
+
+    model = trainer.model
+    head = model.classifier
+    with torch.no_grad():
+        head.weight.copy_(head.weight.flip(0))
+        head.bias.copy_(head.bias.flip(0))
+    model.config.id2label = {0: "Positive", 1: "NEGATIVE"}
+    model.config.label2id = {"Positive": 0, "NEGATIVE": 1}
+    folder = tmp_path / "elsewhere"
+    model.save_pretrained(folder)
+    trainer.processing_class.save_pretrained(folder)
+    data = {
+        "calibration": "shared:sst2/dev",
+        "test": {"name": "sst2", "source": "shared:sst2/test"},
+        "shifted": [{"name": "imdb", "source": "shared:imdb/test"}],
+    }
+    options = {"data_dir": str(SHARED_DATA), "max_eval_samples": 160, "max_length": 48}
+    scored = evaluate_model(folder, {"test": data["test"]}, tmp_path / "e", **options)
+    (row,) = [r for r in scored["rows"] if r["set"] == "sst2" and r["variant"] == "none"]
+    assert row["values"]["accuracy"]["mean"] > 0.6  # classes matched by name, not by position
+    results, calibrated = calibrate_model(folder, data, tmp_path / "c", **options)
+    reported = {
+        r["set"]: r["values"]["nll"]["mean"]
+        for r in results["rows"]
+        if r["variant"] == "temperature"
+    }
+    record = load_calibrated(tmp_path / "c" / "cells" / "model" / "seed_0" / "model").record
+    assert record["metrics"]["imdb"]["temperature"]["nll"] == pytest.approx(reported["imdb"])
+    assert calibrated.calibrator.name == "temperature"
