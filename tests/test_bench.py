@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -774,3 +775,43 @@ def test_drift_curves_are_averaged_over_corruptions_at_shared_severities(model_d
     averaged = ladders["sst2_keyboard_averaged"]
     assert averaged["curves"]["ce none"]["ece"] == {"0": 0.1, "3": pytest.approx(0.4)}
     assert averaged["sets"]["3"] == ["kb3", "wd3"]
+
+
+def test_the_report_explains_the_same_rows_for_every_method(model_dir, tmp_path):
+    """`explain`: heat maps of each set's first rows, first seed of each method, in report.html."""
+    recipe = Recipe.from_dict(
+        tiny_recipe(model_dir, seeds=[0, 1], explain={"examples": 2, "method": "saliency"})
+    )
+    run_bench(recipe, tmp_path / "run")
+    cells = tmp_path / "run" / "cells"
+    ce, ls = (json.loads((cells / m / "seed_0" / "explain.json").read_text()) for m in ("ce", "ls"))
+    assert not (cells / "ce" / "seed_1" / "explain.json").exists()
+    assert ce["label_names"] == ["negative", "positive"] and set(ce["sets"]) == {
+        "sst2",
+        "imdb",
+        "sst2_c5",
+    }
+    for name, rows in ce["sets"].items():
+        assert len(rows) == 2
+        assert [r["tokens"] for r in rows] == [r["tokens"] for r in ls["sets"][name]]
+        for row in rows:
+            assert sum(row["scores"]) == pytest.approx(1.0, abs=1e-4)
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "Why is the model unsure?" in page and "ce (seed 0, saliency)" in page
+    shown = [t.removeprefix("##") for t in ce["sets"]["imdb"][0]["tokens"]]
+    assert all(f">{html.escape(t)}</span>" in page for t in shown)
+    assert "http" not in page.split("Why is the model unsure?")[1]
+
+
+@pytest.mark.parametrize(
+    ("explain", "message"),
+    [
+        ({"method": "lime"}, "explain: unknown attribution method 'lime'; available: attention"),
+        ({"method": "integrated_gradients", "method_kwargs": {"n_steps": 0}}, "n_steps must be"),
+        ({"method": "saliency", "method_kwargs": {"n_steps": 4}}, "explain.method_kwargs: bad"),
+        ({"examples": 0}, "explain.examples must be an integer >= 1"),
+    ],
+)
+def test_bad_explain_sections_are_refused(model_dir, explain, message):
+    with pytest.raises(ValueError, match=message):
+        Recipe.from_dict(tiny_recipe(model_dir, explain=explain))

@@ -13,6 +13,7 @@ import torch
 from nlpcal.bench.recipe import NONE, Recipe
 from nlpcal.bench.report import COLUMNS, html_report, markdown_report
 from nlpcal.bench.store import (
+    EXPLAIN_NAME,
     Outputs,
     cell_folder,
     environment,
@@ -172,8 +173,13 @@ def write_results(recipe: Recipe, out: Path) -> dict[str, Any]:
         "drift_curves": ladders,
     }
     write_json(out / "results.json", results)
+    explanations = {
+        method.name: json.loads(file.read_text())
+        for method in recipe.methods
+        if (file := cell_folder(out, method, seeds[0]) / EXPLAIN_NAME).is_file()
+    }
     (out / "results.md").write_text(markdown_report(results))
-    (out / "report.html").write_text(html_report(results, figures))
+    (out / "report.html").write_text(html_report(results, figures, explanations))
     return results
 
 

@@ -65,6 +65,7 @@ __all__ = [
     "DataSource",
     "DriftSpec",
     "EvalSet",
+    "Explain",
     "Method",
     "Recipe",
     "Slicing",
@@ -409,6 +410,42 @@ class Data(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Explain(_Section):
+    """Token heat maps in the report (:mod:`nlpcal.explain`): why each method is sure or unsure
+    of the same few rows of every eval set, explained on each method's first seed."""
+
+    _what: ClassVar[str] = "explain"
+
+    examples: int = field(
+        default=3,
+        metadata={
+            "help": "Rows of each eval set to explain: its first rows after slicing, the same "
+            "for every method.",
+            "min": 1,
+        },
+    )
+    method: str = field(
+        default="attention_gradient",
+        metadata={"help": "An attribution method from nlpcal.explain.list_attributions()."},
+    )
+    method_kwargs: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Its hyper-parameters (e.g. n_steps)."}
+    )
+
+    def __post_init__(self) -> None:
+        from nlpcal.explain import create_attribution
+
+        try:
+            create_attribution(self.method, **self.method_kwargs)
+        except TypeError as err:
+            raise ValueError(
+                f"explain.method_kwargs: bad arguments for {self.method!r}: {err}"
+            ) from None
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"explain: {err}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Slicing(_Section):
     """Random subsets of the data, drawn once with `seed`: every cell sees the same examples."""
 
@@ -611,6 +648,10 @@ class Recipe(_Section):
             "-> data class, for the calibration data and every eval set without its own "
             "`label_map`; names match ignoring case without it."
         },
+    )
+    explain: Explain | None = field(
+        default=None,
+        metadata={"help": "Token heat maps of a few rows of each eval set in the report."},
     )
 
     @classmethod

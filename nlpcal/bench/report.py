@@ -110,13 +110,21 @@ def markdown_report(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def html_report(results: Mapping[str, Any], figures: Mapping[str, str | Path]) -> str:
-    """The run as one self-contained HTML page: summary, tables, notes, and the ``figures``
-    (caption -> PNG file) embedded as base64."""
+def html_report(
+    results: Mapping[str, Any],
+    figures: Mapping[str, str | Path],
+    explanations: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
+    """The run as one self-contained HTML page: summary, tables, notes, the ``figures``
+    (caption -> PNG file) embedded as base64, and the token heat maps of ``explanations``
+    (method -> a cell's ``explain.json``)."""
+    from nlpcal.explain.heatmap import HEATMAP_CSS
+
     name = html.escape(results["recipe"]["name"])
+    style = _STYLE + (HEATMAP_CSS if explanations else "")
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>nlpcal benchmark {name}</title>",
-        f"<style>{_STYLE}</style></head><body><h1>Benchmark <code>{name}</code></h1><ul>",
+        f"<style>{style}</style></head><body><h1>Benchmark <code>{name}</code></h1><ul>",
         *(
             f"<li>{html.escape(label)}: {html.escape(str(value))}</li>"
             for label, value in _summary(results)
@@ -139,8 +147,33 @@ def html_report(results: Mapping[str, Any], figures: Mapping[str, str | Path]) -
             f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
-    parts.append("</div></body></html>")
+    parts.append("</div>")
+    if explanations:
+        parts += _heatmaps(explanations, results["recipe"]["seeds"][0])
+    parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _heatmaps(explanations: Mapping[str, Mapping[str, Any]], seed: int) -> list[str]:
+    """The report's "Why is the model unsure?" section: per method, the same rows of every set."""
+    from nlpcal.explain.heatmap import TokenExplanation, heatmap_columns
+
+    parts = ["<h2>Why is the model unsure?</h2>"]
+    for method, record in explanations.items():
+        groups = {
+            name: [
+                TokenExplanation(
+                    **{**e, "tokens": tuple(e["tokens"]), "scores": tuple(e["scores"])}
+                )
+                for e in rows
+            ]
+            for name, rows in record["sets"].items()
+        }
+        parts.append(
+            f"<h3>{html.escape(method)} (seed {seed}, {html.escape(record['method'])})</h3>"
+        )
+        parts.append(heatmap_columns(groups, record["label_names"], heading="h4"))
+    return parts
 
 
 def _summary(results: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -23,6 +23,7 @@ from nlpcal.args import CalibrationArguments
 from nlpcal.bench.collect import set_metrics, shift_metrics, write_results
 from nlpcal.bench.recipe import NONE, SAVED_PREFIX, DriftSpec, Method, Recipe
 from nlpcal.bench.store import (
+    EXPLAIN_NAME,
     MODEL_DIR,
     RESULT_NAME,
     Outputs,
@@ -104,6 +105,7 @@ class _Data:
     sets: dict[str, Dataset]
     label_maps: dict[str, LabelMap]
     drift: list[Dataset]
+    explain: dict[str, Dataset]  # the raw rows of each eval set that the report explains
 
 
 def _load_data(recipe: Recipe) -> _Data:
@@ -163,6 +165,12 @@ def _load_data(recipe: Recipe) -> _Data:
         if spec.corrupt is not None:
             dataset = corrupt_dataset(dataset, **spec.corrupt.to_dict())
         sets[spec.name] = dataset
+    explain = {}
+    if recipe.explain is not None:
+        explain = {
+            name: ds.select(range(min(recipe.explain.examples, len(ds))))
+            for name, ds in sets.items()
+        }
     tokenizer = load_tokenizer(recipe.model if recipe.trains else _model_folder(recipe.model))
 
     def prepared(dataset: Dataset | None) -> Dataset | None:
@@ -175,6 +183,7 @@ def _load_data(recipe: Recipe) -> _Data:
         sets={name: prepared(ds) for name, ds in sets.items()},
         label_maps=label_maps,
         drift=[prepared(ds) for ds in drift],
+        explain=explain,
     )
 
 
@@ -247,6 +256,8 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
         trainer.save_model(str(folder / MODEL_DIR))
     train_log = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), {})
     save_predictions(folder, outputs)
+    if data.explain and seed == recipe.seeds[0]:
+        write_json(folder / EXPLAIN_NAME, _explanations(recipe, trainer, data))
     write_json(
         folder / RESULT_NAME,
         {
@@ -261,6 +272,34 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
+
+
+def _explanations(recipe: Recipe, trainer: CalibratedTrainer, data: _Data) -> dict[str, Any]:
+    """Token heat maps of the rows ``data.explain`` holds, as ``explain.json`` stores them: the
+    model's label names and, per eval set, each row's tokens, scores, prediction and confidence
+    (with its label when the set's classes are the model's)."""
+    from dataclasses import asdict
+
+    from nlpcal.explain import explain_texts
+
+    spec = recipe.explain
+    config = trainer.model.config
+    sets = {}
+    for name, rows in data.explain.items():
+        labeled = "label" in rows.column_names and name not in data.label_maps
+        explanations = explain_texts(
+            trainer.model,
+            data.tokenizer,
+            list(rows["text"]),
+            labels=list(rows["label"]) if labeled else None,
+            method=spec.method,
+            method_kwargs=spec.method_kwargs,
+            text_pairs=list(rows["text_pair"]) if "text_pair" in rows.column_names else None,
+            max_length=recipe.max_length,
+        )
+        sets[name] = [asdict(e) for e in explanations]
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    return {"method": spec.method, "label_names": names, "sets": sets}
 
 
 def _calibration_split_metrics(

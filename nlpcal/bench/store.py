@@ -5,6 +5,7 @@ A run folder holds::
     recipe.json                      the normalised recipe, checked on resume
     cells/<method>/seed_<seed>/
         predictions.npz              labels/<set>, probs/<set>/<variant> and ood/<set>/<variant>
+        explain.json                 token heat maps of a few rows (recipe `explain`, first seed)
         result.json                  the cell's metrics, written last: the cell is finished
         model/                       the calibrated model, when the recipe saves it
     results.json  results.md  report.html  reliability_<method>_<variant>.png
@@ -47,6 +48,7 @@ __all__ = [
 RECIPE_NAME = "recipe.json"
 RESULT_NAME = "result.json"
 PREDICTIONS_NAME = "predictions.npz"
+EXPLAIN_NAME = "explain.json"
 MODEL_DIR = "model"
 
 

@@ -20,7 +20,14 @@ from torch import nn
 from nlpcal.explain.base import attention_mask_of, create_attribution
 from nlpcal.functional.pairwise import attribution_distribution
 
-__all__ = ["TokenExplanation", "explain_texts", "render_html", "render_terminal"]
+__all__ = [
+    "HEATMAP_CSS",
+    "TokenExplanation",
+    "explain_texts",
+    "heatmap_columns",
+    "render_html",
+    "render_terminal",
+]
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,7 @@ def explain_texts(
     texts: Sequence[str],
     labels: Sequence[int] | None = None,
     method: str = "attention_gradient",
+    text_pairs: Sequence[str] | None = None,
     method_kwargs: Mapping[str, Any] | None = None,
     batch_size: int = 16,
     max_length: int = 128,
@@ -60,6 +68,7 @@ def explain_texts(
         texts: the texts to explain.
         labels: their true classes (shown next to the prediction), or ``None``.
         method: a registered attribution method (:func:`nlpcal.explain.list_attributions`).
+        text_pairs: each text's second segment (NLI: the hypothesis), or ``None``.
         method_kwargs: its hyper-parameters.
         batch_size: texts per forward pass (``≥ 1``).
         max_length: tokens kept per text.
@@ -71,6 +80,10 @@ def explain_texts(
         raise ValueError("texts must be a sequence of strings (a list of texts, not one string)")
     if labels is not None and len(labels) != len(texts):
         raise ValueError(f"labels must have one entry per text ({len(texts)}), got {len(labels)}")
+    if text_pairs is not None and len(text_pairs) != len(texts):
+        raise ValueError(
+            f"text_pairs must have one entry per text ({len(texts)}), got {len(text_pairs)}"
+        )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     attribution = create_attribution(method, **dict(method_kwargs or {}))
@@ -81,8 +94,14 @@ def explain_texts(
     try:
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
+            pairs = None if text_pairs is None else list(text_pairs[start : start + batch_size])
             enc = tokenizer(
-                chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+                chunk,
+                pairs,
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
             )
             inputs = {k: v.to(device) for k, v in enc.items()}
             raw, logits = attribution.explain(model, inputs)
@@ -133,10 +152,10 @@ def _caption(e: TokenExplanation, label_names: Sequence[str] | None) -> str:
     return text
 
 
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+_PAGE_CSS = "body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }"
+HEATMAP_CSS = """
 .groups { display: grid; gap: 1.5em; }
-.group h2 { font-size: 1.1em; border-bottom: 1px solid #ccc; }
+.group .head { font-size: 1.1em; border-bottom: 1px solid #ccc; }
 .example { margin: 0.8em 0; line-height: 1.9; }
 .caption { font-size: 0.85em; color: #555; }
 .wrong { color: #b00; }
@@ -165,6 +184,22 @@ def render_html(
     >>> page.startswith("<!DOCTYPE html>") and "fine" in page and "http" not in page
     True
     """
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_PAGE_CSS}{HEATMAP_CSS}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>{heatmap_columns(groups, label_names)}"
+        "</body></html>\n"
+    )
+
+
+def heatmap_columns(
+    groups: Mapping[str, Sequence[TokenExplanation]],
+    label_names: Sequence[str] | None = None,
+    heading: str = "h2",
+) -> str:
+    """The heat maps of :func:`render_html` as an HTML fragment (a note and one column per group,
+    each under a ``heading`` element), styled by :data:`HEATMAP_CSS`: for pages that embed them,
+    such as the benchmark report."""
     if not groups:
         raise ValueError("groups is empty: pass at least one named list of explanations")
     columns = []
@@ -186,16 +221,16 @@ def render_html(
                 f'<div class="example"><div class="caption{" wrong" if wrong else ""}">'
                 f"{caption}</div>{''.join(spans)}</div>"
             )
-        columns.append(f'<div class="group"><h2>{html.escape(name)}</h2>{"".join(cards)}</div>')
+        columns.append(
+            f'<div class="group"><{heading} class="head">{html.escape(name)}</{heading}>'
+            f"{''.join(cards)}</div>"
+        )
     return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}"
-        f".groups {{ grid-template-columns: repeat({len(columns)}, 1fr); }}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1>"
         '<p class="note">Each token is shaded by its share of the attribution of the predicted '
         "class (darkest: the text's strongest token). A confident prediction should rest on a "
         "few strong tokens; an even spread means the model cannot point at its evidence.</p>"
-        f'<div class="groups">{"".join(columns)}</div></body></html>\n'
+        f'<div class="groups" style="grid-template-columns: repeat({len(columns)}, 1fr)">'
+        f"{''.join(columns)}</div>"
     )
 
 

@@ -73,6 +73,15 @@ def test_bad_arguments_raise(model, tokenizer) -> None:
         explain_texts(model, tokenizer, TEXTS, batch_size=0)
     with pytest.raises(ValueError, match="unknown attribution method 'shap'"):
         explain_texts(model, tokenizer, TEXTS, method="shap")
+    with pytest.raises(ValueError, match=r"text_pairs must have one entry per text \(3\)"):
+        explain_texts(model, tokenizer, TEXTS, text_pairs=["a"])
+
+
+def test_text_pairs_are_explained_as_one_input(model, tokenizer) -> None:
+    """NLI rows: premise and hypothesis in one input, both segments attributed."""
+    (e,) = explain_texts(model, tokenizer, ["a man sleeps ."], text_pairs=["nobody sleeps ."])
+    assert e.tokens.count("[SEP]") == 2 and "nobody" in e.tokens
+    assert sum(e.scores) == pytest.approx(1.0, abs=1e-5)
 
 
 EXAMPLE = TokenExplanation(
