@@ -17,7 +17,9 @@ carries, as the variant ``saved_<variant>``); ``--posthoc NAME --calibration SOU
 calibrators. ``nlpcal calibrate MODEL --calibration SOURCE ...`` fits them (default: temperature
 scaling), scores the model before and after, and saves the calibrated model (``--push-to-hub REPO``
 uploads it). With ``--config`` the recipe's ``data`` section (and ``data_dir``, ``max_length``,
-``label_map``, ``slicing.max_eval_samples``) is used; its methods and training are not.
+``label_map``, ``slicing.max_eval_samples``, ``robustness``) is used; its methods and training are
+not. ``--pgd-budgets 0.01 0.05 [--pgd-norm linf] [--pgd-steps N] [--pgd-max-samples N]`` adds the
+accuracy under PGD on the input embeddings at those relative budgets (a recipe's ``robustness``).
 
 ``nlpcal demo [--loss NAME]`` runs the embedded default recipe offline: all-MiniLM-L6-v2 on the
 bundled SST-2 sample, cross-entropy and label smoothing with temperature scaling, two seeds, tested
@@ -127,6 +129,22 @@ def main(argv: list[str] | None = None) -> int:
             "(the variants saved_<variant>)",
         )
         command.add_argument("--output-dir", default=default, help=f"the run folder ({default})")
+        command.add_argument(
+            "--pgd-budgets",
+            nargs="+",
+            type=float,
+            metavar="BUDGET",
+            help="also measure the accuracy under PGD on the input embeddings at these relative "
+            "budgets, strictly increasing, >= 0 (0: the clean accuracy); a recipe's "
+            "robustness.budgets",
+        )
+        command.add_argument("--pgd-norm", help="l2 (default) or linf: robustness.norm")
+        command.add_argument("--pgd-steps", type=int, help="PGD steps (10): robustness.steps")
+        command.add_argument(
+            "--pgd-max-samples",
+            type=int,
+            help="most rows of each set attacked (default: all): robustness.max_samples",
+        )
     calibrate.add_argument("--push-to-hub", metavar="REPO", help="upload the calibrated model")
     explain = sub.add_parser(
         "explain",
@@ -221,6 +239,7 @@ def _existing_model(args: argparse.Namespace) -> None:
     from nlpcal.bench.run import run_bench
 
     options: dict = {}
+    robustness = None
     if args.config:
         if args.test or args.shifted or args.calibration:
             raise ValueError("give the data with --config or with --test/--shifted/--calibration")
@@ -229,6 +248,7 @@ def _existing_model(args: argparse.Namespace) -> None:
             raise ValueError(f"{args.config}: no data section")
         data = config["data"]
         options = {k: config[k] for k in ("data_dir", "max_length", "label_map") if k in config}
+        robustness = config.get("robustness")
         slicing = config.get("slicing") or {}
         if slicing.get("max_eval_samples") is not None:
             options["max_eval_samples"] = slicing["max_eval_samples"]
@@ -252,6 +272,22 @@ def _existing_model(args: argparse.Namespace) -> None:
     for key in ("data_dir", "max_length", "max_eval_samples"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
+    attack = {
+        key: getattr(args, f"pgd_{key}")
+        for key in ("budgets", "norm", "steps", "max_samples")
+        if getattr(args, f"pgd_{key}") is not None
+    }
+    if attack:
+        if robustness is not None and not isinstance(robustness, dict):
+            raise ValueError(f"{args.config}: robustness must be a mapping, got {robustness!r}")
+        robustness = {**(robustness or {}), **attack}
+        if "budgets" not in robustness:
+            raise ValueError(
+                "--pgd-norm, --pgd-steps and --pgd-max-samples need the budgets: give them with "
+                "--pgd-budgets"
+            )
+    if robustness is not None:
+        options["robustness"] = robustness
     recipe = existing_model_recipe(
         args.model,
         data,

@@ -26,6 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from nlpcal._io import staged_folder, write_text_atomic
 from nlpcal.args import PosthocVariant, calibration_settings, posthoc_variants
+from nlpcal.data.prepare import length_order
 from nlpcal.functional.metrics import evaluation_metrics
 from nlpcal.functional.ood import ood_detection_metrics
 from nlpcal.functional.predictive import (
@@ -586,7 +587,7 @@ class CalibratedTrainer(Trainer):
             dataset = self.eval_dataset[dataset]
         if hasattr(dataset, "column_names"):
             _check_dataset_labels(dataset, f"eval set {name!r}", self.model.config, required=False)
-        order = _by_length(dataset)
+        order = length_order(dataset)
         if order is not None:  # batches of similar lengths pad less; the order is restored below
             dataset = dataset.select(order)
         self._collect_features = features
@@ -799,18 +800,6 @@ def _concat(parts: Sequence[Predictions]) -> Predictions:
         labels=torch.cat([p.labels for p in parts]),
         features=None if any(f is None for f in features) else torch.cat(features),
     )
-
-
-def _by_length(dataset: Any) -> np.ndarray | None:
-    """The rows of a tokenized dataset from the longest to the shortest (stable), or ``None``
-    when it has no ``input_ids`` column or is already in that order."""
-    import pyarrow.compute as pc
-
-    if "input_ids" not in getattr(dataset, "column_names", ()):
-        return None
-    lengths = pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_numpy()
-    order = np.argsort(-lengths, kind="stable")
-    return None if np.array_equal(order, np.arange(len(order))) else order
 
 
 def _rows(features: Tensor | None, mask: Tensor) -> Tensor | None:

@@ -7,7 +7,8 @@ the calibration data; the cell stores the class probabilities and OOD scores of 
 (uncalibrated, each calibrator) on every set (:mod:`nlpcal.bench.run`, :mod:`nlpcal.bench.store`).
 For each method the probabilities of its seeds are then averaged into ensembles, and the tables,
 reliability diagrams and reports are written (:mod:`nlpcal.bench.collect`,
-:mod:`nlpcal.bench.report`). An interrupted run resumes: finished cells are kept.
+:mod:`nlpcal.bench.report`). A recipe's ``robustness`` section adds the accuracy under PGD on
+the input embeddings to every cell's metrics. An interrupted run resumes: finished cells are kept.
 
 >>> recipe = demo_recipe()
 >>> [m.name for m in recipe.methods], recipe.seeds
@@ -23,6 +24,7 @@ from nlpcal.bench.recipe import (
     EvalSet,
     Method,
     Recipe,
+    Robustness,
     Slicing,
     demo_recipe,
     load_recipe,
@@ -41,6 +43,7 @@ __all__ = [
     "EvalSet",
     "Method",
     "Recipe",
+    "Robustness",
     "Slicing",
     "demo_recipe",
     "environment",

@@ -87,13 +87,17 @@ def set_metrics(outputs: Outputs, test: str) -> dict[str, dict[str, dict[str, fl
 
 def write_results(recipe: Recipe, out: Path) -> dict[str, Any]:
     """Aggregate the finished cells over seeds, score the seed ensembles, and write
-    ``results.json``, ``results.md``, ``report.html`` and the reliability diagrams."""
+    ``results.json``, ``results.md``, ``report.html`` and the reliability diagrams.
+
+    The accuracy under attack (a recipe's ``robustness``) is a cell's own measurement on its
+    model: it is aggregated over seeds under the variant ``none`` and has no ensemble value."""
     from nlpcal.metrics.plots import drift_curves, reliability_diagram
 
     cells, rows, selection, figures = [], [], [], {}
     test = recipe.data.test.name
     kinds = {s.name: "in-domain" if s.name == test else "shifted" for s in recipe.eval_sets}
     seeds = list(recipe.seeds)
+    keys = (*METRICS, *(recipe.robustness.metric_keys if recipe.robustness else ()))
     for method in recipe.methods:
         folders = [cell_folder(out, method, seed) for seed in seeds]
         results = [read_result(f) for f in folders]
@@ -103,7 +107,7 @@ def write_results(recipe: Recipe, out: Path) -> dict[str, Any]:
             name: {
                 variant: {
                     m: _mean_std([r["metrics"][name][variant].get(m) for r in results])
-                    for m in METRICS
+                    for m in keys
                 }
                 for variant in method.variants
             }

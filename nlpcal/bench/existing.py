@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nlpcal.bench.recipe import Data, Method, Recipe
+from nlpcal.bench.recipe import Data, Method, Recipe, Robustness
 from nlpcal.bench.run import _model_folder, run_bench, saved_loss
 from nlpcal.bench.store import MODEL_DIR, cell_folder
 
@@ -48,6 +48,7 @@ def existing_model_recipe(
     name: str = "model",
     save_model: bool = False,
     saved_calibration: bool = True,
+    robustness: Robustness | Mapping[str, Any] | None = None,
 ) -> Recipe:
     """The recipe of a run on an existing classifier: one method, ``train: false``, seed 0.
 
@@ -72,6 +73,8 @@ def existing_model_recipe(
         saved_calibration: for a folder saved by nlpcal, also score the calibrators it carries,
             as they are (the variants ``saved_<variant>``); :func:`calibrate_model` saves only
             the newly fitted ones.
+        robustness: also measure the accuracy under PGD on the input embeddings, the recipe's
+            ``robustness`` section (``{"norm": "linf", "budgets": [0.01, 0.05]}``).
     """
     if not isinstance(data, Data):
         data = Data.from_dict(dict(data), "data")
@@ -110,6 +113,7 @@ def existing_model_recipe(
             "seeds": [0],
             "label_map": None if label_map is None else dict(label_map),
             "save_model": save_model,
+            "robustness": robustness,
         }
     )
 
@@ -122,7 +126,8 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Score a fine-tuned classifier as it is (and after any ``posthoc`` calibrators) on
     ``data``: accuracy, ECE (15 and 10 bins), Brier, NLL, AURC and OOD AUROC of each shifted
-    set, with the report files in ``output_dir``.
+    set (and, with ``robustness``, the accuracy under PGD), with the report files in
+    ``output_dir``.
 
     Args:
         model: a classifier folder or Hub id, or a recipe made by

@@ -52,7 +52,9 @@ from nlpcal.args import CalibrationArguments, parse_config, posthoc_variants, re
 from nlpcal.data import LABEL_NAMES, Corruption, Task, load_source
 from nlpcal.data.prepare import DEFAULT_MODEL
 from nlpcal.functional.predictive import PredictiveOOD
+from nlpcal.functional.robustness import AttackNorm
 from nlpcal.losses import create_loss
+from nlpcal.metrics.vocabulary import attack_metric
 from nlpcal.posthoc import create_calibrator
 
 if TYPE_CHECKING:
@@ -68,6 +70,7 @@ __all__ = [
     "Explain",
     "Method",
     "Recipe",
+    "Robustness",
     "Slicing",
     "demo_recipe",
     "load_recipe",
@@ -467,6 +470,76 @@ class Slicing(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Robustness(_Section):
+    """Accuracy under PGD on the input embeddings, a metric of every cell on each attacked eval
+    set: `pgd_<norm>_accuracy@<budget>` per budget (:func:`~nlpcal.robustness.attack_accuracy`).
+    The attack targets the model's own prediction (its argmax), so the metric is recorded under
+    the uncalibrated variant `none` only; an eval set scored through a `label_map` is attacked
+    when the map is one to one.
+
+    >>> Robustness.from_dict({"norm": "linf", "budgets": [0, 0.01]}).metric_keys
+    ('pgd_linf_accuracy@0', 'pgd_linf_accuracy@0.01')
+    """
+
+    _what: ClassVar[str] = "robustness"
+
+    norm: AttackNorm = field(
+        default=AttackNorm.L2,
+        metadata={
+            "help": "Norm of the budget: l2 (of the real tokens' embeddings, relative to their "
+            "norm) or linf (of each entry, relative to their root-mean-square entry)."
+        },
+    )
+    budgets: tuple[float, ...] = field(
+        metadata={
+            "help": "Relative budgets, strictly increasing, each >= 0; one metric per budget "
+            "(0: the clean accuracy)."
+        }
+    )
+    steps: int = field(
+        default=10,
+        metadata={"help": "PGD steps (each one forward and one backward pass).", "min": 1},
+    )
+    max_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Most rows of each attacked set, a random subset drawn with `slicing.seed` "
+            "(default: all the set's rows).",
+            "min": 1,
+        },
+    )
+    sets: tuple[str, ...] | None = field(
+        default=None,
+        metadata={"help": "The eval sets attacked (default: every labelled set)."},
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", AttackNorm(self.norm))
+        budgets = [float(b) for b in self.budgets]
+        if (
+            not budgets
+            or not all(b >= 0 for b in budgets)
+            or any(b <= a for a, b in itertools.pairwise(budgets))
+        ):
+            raise ValueError(
+                "robustness.budgets must be a non-empty, strictly increasing list of relative "
+                f"budgets >= 0, got {list(self.budgets)}"
+            )
+        keys = [attack_metric(self.norm, b).key for b in budgets]
+        _check_unique(keys, "robustness.budgets metric")
+        object.__setattr__(self, "budgets", tuple(budgets))
+        if self.sets is not None:
+            if not self.sets:
+                raise ValueError("robustness.sets must name at least one eval set, got []")
+            _check_unique(list(self.sets), "robustness.sets")
+
+    @property
+    def metric_keys(self) -> tuple[str, ...]:
+        """The metric of each budget, in the order of the budgets."""
+        return tuple(attack_metric(self.norm, b).key for b in self.budgets)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Method(_Section):
     """A calibration loss with its hyper-parameters and the post-hoc calibrators evaluated after
     it, as the trainer's `posthoc` and `posthoc_kwargs` (:func:`~nlpcal.args.posthoc_variants`).
@@ -653,6 +726,13 @@ class Recipe(_Section):
         default=None,
         metadata={"help": "Token heat maps of a few rows of each eval set in the report."},
     )
+    robustness: Robustness | None = field(
+        default=None,
+        metadata={
+            "help": "Also measure the accuracy under PGD on the input embeddings at given "
+            "budgets, next to ECE (see below; default: not measured)."
+        },
+    )
 
     @classmethod
     def from_dict(cls, config: Any, name: str = "recipe") -> Recipe:
@@ -701,11 +781,36 @@ class Recipe(_Section):
                 f"the methods {calibrated} have post-hoc calibrators: the recipe needs "
                 "data.calibration (held-out data to fit them on)"
             )
+        if self.robustness is not None:
+            self._check_attacked_sets(self.robustness.sets or ())
         per_cell = sorted(set(self.training) & set(_PER_CELL))
         if per_cell:
             raise ValueError(f"training must not set {per_cell}: the runner sets them per cell")
         # Fails early on unknown or ill-typed training arguments.
         self.training_arguments(self.methods[0], self.seeds[0], "unused")
+
+    def _check_attacked_sets(self, names: Sequence[str]) -> None:
+        sets = {s.name: s for s in self.eval_sets}
+        unknown = [n for n in names if n not in sets]
+        if unknown:
+            raise ValueError(
+                f"robustness.sets names no eval set: {unknown}; eval sets: {list(sets)}"
+            )
+        unlabelled = [n for n in names if not sets[n].labeled]
+        if unlabelled:
+            raise ValueError(
+                f"robustness.sets names unlabelled sets {unlabelled}: accuracy under attack "
+                "needs labels"
+            )
+
+    @property
+    def attacked_sets(self) -> tuple[str, ...]:
+        """The eval sets whose accuracy under attack is measured (none without `robustness`)."""
+        if self.robustness is None:
+            return ()
+        if self.robustness.sets is not None:
+            return self.robustness.sets
+        return tuple(s.name for s in self.eval_sets if s.labeled)
 
     @property
     def trains(self) -> bool:

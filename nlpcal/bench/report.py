@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nlpcal.metrics.vocabulary import METRICS
+from nlpcal.metrics.vocabulary import METRICS, metric
 
 __all__ = ["COLUMNS", "NOTES", "headline", "html_report", "markdown_report"]
 
@@ -106,7 +106,7 @@ def markdown_report(results: Mapping[str, Any]) -> str:
     for title, head, body in _tables(results):
         lines += ["", f"## {title}", "", _md_row(head), "|" + "---|" * len(head)]
         lines += [_md_row(row) for row in body]
-    lines += ["", "Notes:", *(f"- {note}" for note in NOTES)]
+    lines += ["", "Notes:", *(f"- {note}" for note in _notes(results))]
     return "\n".join(lines) + "\n"
 
 
@@ -139,7 +139,7 @@ def html_report(
             parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
         parts.append("</table>")
     parts.append("<h2>Notes</h2><ul>")
-    parts += [f"<li>{html.escape(note)}</li>" for note in NOTES]
+    parts += [f"<li>{html.escape(note)}</li>" for note in _notes(results)]
     parts.append("</ul><h2>Reliability diagrams</h2><div class='figures'>")
     for caption, path in figures.items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
@@ -176,6 +176,25 @@ def _heatmaps(explanations: Mapping[str, Mapping[str, Any]], seed: int) -> list[
     return parts
 
 
+def _notes(results: Mapping[str, Any]) -> list[str]:
+    """The notes on the metrics, with one on the accuracy under attack when the run measured it."""
+    notes = list(NOTES)
+    attack = results["recipe"].get("robustness")
+    if attack:
+        norm, rows = attack["norm"], attack["max_samples"]
+        scale = "their root-mean-square entry" if norm == "linf" else "their norm"
+        sets = ", ".join(attack["sets"] or ()) or "every labelled set"
+        notes.append(
+            f"`pgd_{norm}_accuracy@<budget>` is the accuracy under PGD on the input token "
+            f"embeddings ({attack['steps']} steps; {norm} budget relative to {scale}; "
+            f"budget 0 is the clean accuracy) on {sets}"
+            + (f", at most {rows} rows of each" if rows else "")
+            + ". The attack targets the model's own prediction, so it is measured once per "
+            "model: on the uncalibrated rows (`none`), not on calibrated variants or ensembles."
+        )
+    return notes
+
+
 def _summary(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     recipe, env = results["recipe"], results["environment"]
     data = recipe["data"]
@@ -208,7 +227,8 @@ def _summary(results: Mapping[str, Any]) -> list[tuple[str, str]]:
 def _tables(results: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """``(title, header, rows)`` per evaluation set, in recipe order."""
     data = results["recipe"]["data"]
-    present = [m for m in COLUMNS if any(r["values"].get(m) is not None for r in results["rows"])]
+    keys = dict.fromkeys([*COLUMNS, *(k for r in results["rows"] for k in r["values"])])
+    present = [m for m in keys if any(r["values"].get(m) is not None for r in results["rows"])]
     tables = []
     for spec in (data["test"], *data["shifted"]):
         rows = [r for r in results["rows"] if r["set"] == spec["name"]]
@@ -228,7 +248,7 @@ def _tables(results: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[
         body = [
             [r["method"], r["variant"], *(_cell(r["values"].get(m)) for m in columns)] for r in rows
         ]
-        tables.append((title, ["method", "variant", *(COLUMNS[m] for m in columns)], body))
+        tables.append((title, ["method", "variant", *(metric(m).label for m in columns)], body))
     for ladder in results.get("drift_curves", []):
         severities = list(ladder["sets"])
         head = [
@@ -248,7 +268,7 @@ def _tables(results: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[
         title = f"drift: {ladder['title']} — ECE (accuracy / mean confidence), mean over seeds"
         tables.append((title, head, body))
     if results.get("selection"):
-        columns = [m for m in present if m != "ood_auroc"]
+        columns = [m for m in present if m in COLUMNS and m != "ood_auroc"]
         title = f"calibration split ({SELECTION})"
         body = [
             [r["method"], r["variant"], *(_cell(r["values"].get(m)) for m in columns)]

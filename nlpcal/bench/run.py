@@ -3,6 +3,8 @@
 For each cell :func:`run_bench` fine-tunes a fresh classifier (:func:`train_calibrated`), the
 trainer fits the method's post-hoc calibrators on the calibration data, and the cell stores the
 class probabilities and OOD scores of every variant on every set (:mod:`nlpcal.bench.store`).
+With a ``robustness`` section, each cell also measures the model's accuracy under PGD on the
+input embeddings of the attacked sets (:func:`~nlpcal.robustness.accuracy_under_attack`).
 An interrupted run resumes in the same folder: finished cells are kept, missing ones are run.
 """
 
@@ -35,8 +37,15 @@ from nlpcal.bench.store import (
     write_recipe,
 )
 from nlpcal.data import LabelMap, align_labels, corrupt_dataset, model_label_names
-from nlpcal.data.prepare import load_tokenizer, resolve_model_path, subsample, tokenize
+from nlpcal.data.prepare import (
+    length_order,
+    load_tokenizer,
+    resolve_model_path,
+    subsample,
+    tokenize,
+)
 from nlpcal.posthoc import calibrator_class
+from nlpcal.robustness import accuracy_under_attack
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -106,6 +115,7 @@ class _Data:
     label_maps: dict[str, LabelMap]
     drift: list[Dataset]
     explain: dict[str, Dataset]  # the raw rows of each eval set that the report explains
+    attacked: dict[str, Dataset]
 
 
 def _load_data(recipe: Recipe) -> _Data:
@@ -176,15 +186,42 @@ def _load_data(recipe: Recipe) -> _Data:
     def prepared(dataset: Dataset | None) -> Dataset | None:
         return None if dataset is None else tokenize(dataset, tokenizer, recipe.max_length)
 
+    prepared_sets = {name: prepared(ds) for name, ds in sets.items()}
     return _Data(
         tokenizer=tokenizer,
         train=prepared(train) if recipe.trains else None,
         calibration=prepared(calibration),
-        sets={name: prepared(ds) for name, ds in sets.items()},
+        sets=prepared_sets,
         label_maps=label_maps,
         drift=[prepared(ds) for ds in drift],
         explain=explain,
+        attacked={
+            name: _attacked_set(prepared_sets[name], label_maps.get(name), name, recipe)
+            for name in recipe.attacked_sets
+        },
     )
+
+
+def _attacked_set(
+    dataset: Dataset, label_map: LabelMap | None, name: str, recipe: Recipe
+) -> Dataset:
+    """An eval set as the attack reads it: labels in the model's ids (through a one-to-one
+    ``label_map``), at most ``robustness.max_samples`` rows drawn with the slicing seed, from
+    the longest to the shortest (batches pad less; the order does not change an accuracy)."""
+    if label_map is not None:
+        to_set = label_map.model_to_set
+        if sorted(to_set) != list(range(len(to_set))):
+            raise ValueError(
+                f"robustness: the eval set {name!r} merges the model's classes ("
+                f"{label_map.describe()}), and the attack changes the model's own prediction: "
+                "leave it out of robustness.sets"
+            )
+        to_model = np.argsort(to_set)  # set class -> the model class that maps onto it
+        labels = to_model[np.asarray(dataset["label"])]
+        dataset = dataset.remove_columns("label").add_column("label", labels.tolist())
+    dataset = subsample(dataset, recipe.robustness.max_samples, recipe.slicing.seed)
+    order = length_order(dataset)
+    return dataset if order is None else dataset.select(order)
 
 
 def _onto_model_labels(
@@ -209,8 +246,9 @@ def _onto_model_labels(
 
 
 def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Path) -> None:
-    """Train one cell (the trainer fits its calibrators), predict every set with every variant;
-    write the predictions, then the result."""
+    """Train one cell (the trainer fits its calibrators), predict every set with every variant,
+    measure the model's accuracy under attack on the attacked sets; write the predictions, then
+    the result."""
     start = time.time()
     saved = _saved_variants(recipe.model, method)
     args = recipe.training_arguments(method, seed, folder)
@@ -248,6 +286,13 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
         else _calibration_split_metrics(trainer, data.calibration, seed, saved)
     )
     metrics = set_metrics(outputs, recipe.data.test.name)
+    attacked, spec = {}, recipe.robustness
+    for name, dataset in data.attacked.items():
+        logger.info("%s: PGD on %d examples at budgets %s", name, len(dataset), spec.budgets)
+        right = accuracy_under_attack(trainer, dataset, spec.budgets, spec.norm, spec.steps)
+        accuracy = right.float().mean(dim=0).tolist()
+        metrics[name][NONE].update(zip(spec.metric_keys, accuracy, strict=True))
+        attacked[name] = len(dataset)
     if recipe.save_model:  # recorded with the model, shown on its card: the variants it holds
         trainer.last_eval_metrics = {
             name: {v: values for v, values in variants.items() if v not in saved}
@@ -269,6 +314,7 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
             "seconds": round(time.time() - start, 1),
             "device": device_name(trainer.args.device),
             "label_maps": {name: m.describe() for name, m in data.label_maps.items()},
+            **({"attacked_rows": attacked} if attacked else {}),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -11,6 +13,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MODEL",
+    "length_order",
     "load_slice",
     "load_tokenizer",
     "resolve_model_path",
@@ -71,6 +74,19 @@ def subsample(dataset: Dataset, max_samples: int | None, seed: int = 0) -> Datas
     if max_samples is None or len(dataset) <= max_samples:
         return dataset
     return dataset.shuffle(seed=seed).select(range(max_samples))
+
+
+def length_order(dataset: Any) -> np.ndarray | None:
+    """The rows of a tokenized dataset from the longest to the shortest (stable), or ``None``
+    when it has no ``input_ids`` column or is already in that order: batches of similar lengths
+    pad less."""
+    import pyarrow.compute as pc
+
+    if "input_ids" not in getattr(dataset, "column_names", ()):
+        return None
+    lengths = pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_numpy()
+    order = np.argsort(-lengths, kind="stable")
+    return None if np.array_equal(order, np.arange(len(order))) else order
 
 
 def load_tokenizer(model_name_or_path: str) -> PreTrainedTokenizerBase:

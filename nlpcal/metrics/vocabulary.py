@@ -2,13 +2,20 @@
 
 ``CalibratedTrainer.evaluate`` keys end in these names (``eval_<set>_[<variant>_]<key>``), and the
 benchmark tables, the HTML report and the model card show these labels, in this order.
+
+One family of keys carries a parameter: the accuracy under PGD on the input embeddings at a
+relative budget, ``pgd_<norm>_accuracy@<budget>`` (:func:`attack_metric`), measured by the runner
+when a recipe asks for it (its ``robustness`` section); :func:`metric` reads those keys too.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["METRICS", "Metric", "metric"]
+from nlpcal.functional.robustness import AttackNorm
+
+__all__ = ["METRICS", "Metric", "attack_metric", "metric"]
 
 
 @dataclass(frozen=True)
@@ -68,13 +75,43 @@ METRICS: dict[str, Metric] = {
 }
 
 
-def metric(key: str) -> Metric:
-    """The :class:`Metric` named ``key``; unknown keys list the known ones.
+_NORM_LABELS = {AttackNorm.L2: "L2", AttackNorm.LINF: "L∞"}
+_ATTACK_KEY = re.compile(rf"pgd_({'|'.join(n.value for n in AttackNorm)})_accuracy@(.+)")
 
-    >>> metric("ece").label, metric("accuracy").arrow
-    ('ECE', '↑')
+
+def attack_metric(norm: AttackNorm | str, budget: float) -> Metric:
+    """The accuracy under PGD on the input embeddings within the relative ``budget`` of ``norm``
+    (``"l2"`` or ``"linf"``, see :mod:`nlpcal.functional.robustness`); budget 0 is the clean
+    accuracy. The key writes the budget with 6 significant digits.
+
+    >>> attack_metric("linf", 0.01).key, attack_metric("linf", 0.01).label
+    ('pgd_linf_accuracy@0.01', 'accuracy, PGD L∞ ≤ 0.01')
     """
-    try:
+    norm = AttackNorm(norm)
+    return Metric(
+        f"pgd_{norm.value}_accuracy@{budget:g}",
+        f"accuracy, PGD {_NORM_LABELS[norm]} ≤ {budget:g}",
+        False,
+        f"accuracy under PGD on the input embeddings within {_NORM_LABELS[norm]} budget "
+        f"{budget:g} (relative to the embedding norm)",
+    )
+
+
+def metric(key: str) -> Metric:
+    """The :class:`Metric` named ``key`` (a key of :data:`METRICS` or of :func:`attack_metric`);
+    unknown keys list the known ones.
+
+    >>> metric("ece").label, metric("accuracy").arrow, metric("pgd_l2_accuracy@0.1").label
+    ('ECE', '↑', 'accuracy, PGD L2 ≤ 0.1')
+    """
+    if key in METRICS:
         return METRICS[key]
-    except KeyError:
-        raise ValueError(f"unknown metric {key!r}; known: {', '.join(METRICS)}") from None
+    match = _ATTACK_KEY.fullmatch(key)
+    if match:
+        try:
+            return attack_metric(match[1], float(match[2]))
+        except ValueError:
+            pass
+    raise ValueError(
+        f"unknown metric {key!r}; known: {', '.join(METRICS)}, pgd_<l2|linf>_accuracy@<budget>"
+    )

@@ -11,13 +11,14 @@ from nlpcal.robustness.embedding import (
     noise_accuracy,
     pgd_flips,
 )
-from nlpcal.robustness.measure import DatasetRobustness, measure_robustness
+from nlpcal.robustness.measure import DatasetRobustness, accuracy_under_attack, measure_robustness
 from nlpcal.robustness.report import robustness_strata, strata_figure, strata_markdown
 
 __all__ = [
     "AttackNorm",
     "DatasetRobustness",
     "RobustnessMode",
+    "accuracy_under_attack",
     "attack_accuracy",
     "check_robustness_options",
     "example_robustness",

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from nlpcal.robustness.embedding import RobustnessMode, example_robustness
+from nlpcal.functional.robustness import AttackNorm
+from nlpcal.robustness.embedding import RobustnessMode, attack_accuracy, example_robustness
 
-__all__ = ["DatasetRobustness", "measure_robustness"]
+__all__ = ["DatasetRobustness", "accuracy_under_attack", "measure_robustness"]
 
 
 @dataclass
@@ -87,3 +89,54 @@ def measure_robustness(
         probs=table[:, 2:] if probs else None,
         labels=table[:, 1].long(),
     )
+
+
+def accuracy_under_attack(
+    trainer: Any,
+    dataset: Any,
+    budgets: Sequence[float],
+    norm: AttackNorm | str = AttackNorm.L2,
+    steps: int = 5,
+    drop: tuple[str, ...] = (),
+) -> Tensor:
+    """Per example and budget, whether the model's prediction is right and stays right under PGD
+    on its input embeddings: :func:`~nlpcal.robustness.attack_accuracy` at each budget on each
+    batch of ``trainer.get_eval_dataloader(dataset)``, shape ``(n, len(budgets))``, bool, in
+    dataset order (gathered over processes as :func:`measure_robustness`). A budget of 0 is the
+    clean correctness (no attack); the mean of a column is the accuracy under that budget.
+
+    Args:
+        trainer: a ``transformers.Trainer`` (e.g. :class:`~nlpcal.CalibratedTrainer`).
+        dataset: a labelled data set the trainer's loader accepts, labels in the model's ids.
+        budgets: relative budgets ``≥ 0`` (see :mod:`nlpcal.robustness.embedding`).
+        norm: ``"l2"`` or ``"linf"``.
+        steps: PGD steps per budget (each one forward and one backward pass of the batch).
+        drop: batch keys that are not model inputs (beyond ``labels``).
+    """
+    budgets = [float(b) for b in budgets]
+    if not budgets or any(not b >= 0 for b in budgets):
+        raise ValueError(f"budgets must be a non-empty list of numbers >= 0, got {budgets}")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    device = next(model.parameters()).device
+    rows: list[Tensor] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in trainer.get_eval_dataloader(dataset):
+            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            labels = batch.get("labels")
+            if labels is None:
+                raise ValueError(f"accuracy under attack needs labels; batch keys {sorted(batch)}")
+            inputs = {k: v for k, v in batch.items() if k not in ("labels", *drop)}
+            columns = []
+            for budget in budgets:
+                if budget == 0:
+                    with torch.no_grad():
+                        right = model(**inputs).logits.argmax(dim=-1) == labels
+                else:
+                    right = attack_accuracy(model, inputs, labels, budget, norm, steps)
+                columns.append(right.float())
+            rows.append(trainer.accelerator.gather_for_metrics(torch.stack(columns, dim=1)))
+    finally:
+        model.train(was_training)
+    return torch.cat(rows).cpu().bool()
