@@ -36,6 +36,7 @@ from nlpcal.functional.predictive import class_probabilities, split_confidence
 from nlpcal.functional.scaling import fold_affine
 from nlpcal.losses import CalibrationLoss, create_loss
 from nlpcal.losses._modules import num_labels, output_layer, unwrap_model
+from nlpcal.losses.sites import model_sites
 from nlpcal.metrics.vocabulary import METRICS
 from nlpcal.posthoc import Calibrator, load_calibrator
 
@@ -626,7 +627,7 @@ class CalibratedModel(nn.Module):
         logits = self.loss.transform_logits(outputs.logits, self.model).float()
         if self.calibrator is None:
             return logits
-        features = outputs.hidden_states[-1][:, 0] if self._needs_features() else None
+        features = model_sites(self.model).features(outputs) if self._needs_features() else None
         return self.calibrator(logits, features)
 
     @property

@@ -109,6 +109,9 @@ class TimmSites:
     def __init__(self, model: TimmForImageClassification) -> None:
         self.model = model
 
+    def check_input(self) -> None:
+        """Pixels are always a continuous input."""
+
     def input_view(self, inputs: Mapping[str, Any]) -> InputView:
         pixels = inputs.get("pixel_values")
         if pixels is None:

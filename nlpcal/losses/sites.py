@@ -43,6 +43,8 @@ class InputView:
         rest: the other model inputs (attention mask, token type ids, ...), without labels.
         key: the model argument that takes the input (``"inputs_embeds"``, ``"pixel_values"``).
         shape: the per-example shape the model takes, e.g. ``(C, H, W)``.
+        mask_key: the model argument that takes ``mask`` (``"attention_mask"``), or ``None``
+            when the model takes none.
     """
 
     values: Tensor
@@ -50,6 +52,7 @@ class InputView:
     rest: dict[str, Any] = field(default_factory=dict)
     key: str = "inputs_embeds"
     shape: tuple[int, ...] = ()
+    mask_key: str | None = None
 
     def model_inputs(self, values: Tensor, rest: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The keyword arguments of a forward pass on ``values`` (any batch size)."""
@@ -62,6 +65,10 @@ class CalibrationSites(Protocol):
     """The sites of one classifier (see the module docstring)."""
 
     input_key: str
+
+    def check_input(self) -> None:
+        """Raise a ``ValueError`` saying why the model cannot take a continuous input."""
+        ...
 
     def input_view(self, inputs: Mapping[str, Any]) -> InputView:
         """The batch ``inputs`` (model inputs, labels ignored) as an :class:`InputView`."""
@@ -90,6 +97,9 @@ class TextSites:
     def __init__(self, model: nn.Module) -> None:
         self.model = unwrap_model(model)
 
+    def check_input(self) -> None:
+        input_embeddings(self.model)
+
     def embed(self, input_ids: Tensor) -> Tensor:
         """The token embeddings of ``input_ids``."""
         return input_embeddings(self.model)(input_ids)
@@ -112,7 +122,9 @@ class TextSites:
         mask = inputs.get("attention_mask")
         if mask is None:
             mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-        return InputView(embeds, mask, rest, "inputs_embeds", tuple(embeds.shape[1:]))
+        return InputView(
+            embeds, mask, rest, "inputs_embeds", tuple(embeds.shape[1:]), "attention_mask"
+        )
 
     def mixing_sites(self) -> list[nn.Module]:
         return mixing_sites(self.model)
