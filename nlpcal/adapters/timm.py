@@ -32,6 +32,7 @@ __all__ = [
     "TimmSites",
     "create_timm_classifier",
     "is_timm_name",
+    "timm_classifier_for",
 ]
 
 # A model string with this prefix names a timm architecture (``timm:resnet18``), not a Hub id.
@@ -318,6 +319,21 @@ def create_timm_classifier(
         if fixed is not None:
             classifier.config.image_size = fixed
     return classifier
+
+
+def timm_classifier_for(model: str, dataset: Any) -> TimmForImageClassification:
+    """A fresh classifier ``model`` (``"timm:NAME"``) for the images and labels of ``dataset``:
+    its channels and image size from the ``pixel_values`` feature, its classes from ``label``."""
+    feature = dataset.features.get("pixel_values")
+    shape = getattr(feature, "shape", None)
+    if shape is None or len(shape) != 3:
+        raise ValueError(
+            f"{model} is an image model: the training data needs a pixel_values column of "
+            f"(C, H, W) images; its columns: {dataset.column_names}"
+        )
+    return create_timm_classifier(
+        model, dataset.features["label"].names, num_channels=shape[0], image_size=shape[1:]
+    )
 
 
 def _check_contract(model: Any) -> None:

@@ -194,7 +194,7 @@ def drift_ladders(recipe: Recipe, rows: Sequence[Mapping[str, Any]]) -> list[dic
         if spec.corrupt is None:
             clean.setdefault(source, spec.name)
         elif spec.labeled:
-            ladders.setdefault((source, spec.corrupt.corruption.value), {})[
+            ladders.setdefault((source, getattr(spec.corrupt.corruption, "value", spec.corrupt.corruption)), {})[
                 spec.corrupt.severity
             ] = spec.name
     values = {

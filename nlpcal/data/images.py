@@ -7,7 +7,11 @@ An image dataset has a ``pixel_values`` column of float32 images ``(C, H, W)`` s
 
 * ``image:mnist/sample``: 600 MNIST test digits bundled with nlpcal (60 per class);
 * ``image:mnist/t10k``: the 10,000 MNIST test digits, read from ``data_dir``
-  (``<data_dir>/image/mnist/t10k-{images-idx3,labels-idx1}-ubyte.gz``, the original IDX files).
+  (``<data_dir>/image/mnist/t10k-{images-idx3,labels-idx1}-ubyte.gz``, the original IDX files);
+* ``image:mnist/t10k-fit`` and ``image:mnist/t10k-eval``: two disjoint halves of them (5,000
+  each, drawn with ``numpy.random.default_rng(0)``, rows in source order), to train on one and
+  evaluate on the other when only the test set is at hand (as in the shared data);
+* ``image:mnist/train``: the 60,000 training digits, where ``data_dir`` has them.
 
 >>> sample = load_image_source("image:mnist/sample")
 >>> sample.num_rows, sample.features["label"].names[:3], np.asarray(sample[0]["pixel_values"]).shape
@@ -38,6 +42,7 @@ IMAGE_PREFIX = "image:"
 MNIST_LABELS = tuple(str(d) for d in range(10))
 _SAMPLE_FILES = ("mnist-sample-images-idx3-ubyte.gz", "mnist-sample-labels-idx1-ubyte.gz")
 _SPLITS = ("t10k", "train")
+_HALVES = ("t10k-fit", "t10k-eval")
 
 
 def is_image_dataset(dataset: object) -> bool:
@@ -129,10 +134,11 @@ def load_image_source(
     """
     body = source.removeprefix(IMAGE_PREFIX)
     name, _, split = body.partition("/")
-    if name != "mnist" or split not in ("sample", *_SPLITS):
+    if name != "mnist" or split not in ("sample", *_SPLITS, *_HALVES):
         raise ValueError(
             f"unknown image source {source!r}; available: image:mnist/sample (bundled), "
-            "image:mnist/t10k and image:mnist/train (read from data_dir)"
+            "image:mnist/t10k, image:mnist/t10k-fit, image:mnist/t10k-eval and "
+            "image:mnist/train (read from data_dir)"
         )
     if split == "sample":
         folder = files("nlpcal.data") / "image_samples"
@@ -140,6 +146,11 @@ def load_image_source(
             dataset = image_dataset(read_idx(images)[:, None], read_idx(ys), MNIST_LABELS)
     elif data_dir is None:
         raise ValueError(f"source {source!r} reads local files: pass data_dir (the shared data)")
+    elif split in _HALVES:
+        full = load_mnist(data_dir, "t10k")
+        order = np.random.default_rng(0).permutation(full.num_rows)
+        half = order[: full.num_rows // 2] if split == "t10k-fit" else order[full.num_rows // 2 :]
+        dataset = full.select(np.sort(half).tolist())
     else:
         dataset = load_mnist(data_dir, split)
     if labels is not None and list(labels) != list(MNIST_LABELS):
