@@ -835,7 +835,12 @@ def load_calibrated(
         raise FileNotFoundError(f"no model*.safetensors weights in {folder}")
     for file in weights:
         check_safetensors(file)
-    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    if _is_image_adapter(folder):
+        from nlpcal.adapters.timm import TimmForImageClassification
+
+        model = TimmForImageClassification.from_pretrained(folder)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
     loss.prepare_model(model)
     _restore_weights(model, weights)
     if meta.get("folded"):
@@ -857,6 +862,12 @@ def load_calibrated(
     if device is not None:
         calibrated.to(device)
     return calibrated
+
+
+def _is_image_adapter(folder: Path) -> bool:
+    """Whether ``folder`` holds an image classifier saved through :mod:`nlpcal.adapters.timm`."""
+    config = folder / "config.json"
+    return config.is_file() and read_json(config).get("model_type") == "nlpcal_timm"
 
 
 def _saved_calibrators(

@@ -248,6 +248,15 @@ class TimmForImageClassification(PreTrainedModel):
                 f"pixel_values must be {height}x{width} images for this model, got "
                 f"{pixels.shape[2]}x{pixels.shape[3]} (shape {tuple(pixels.shape)})"
             )
+        patch = getattr(self.timm_model, "patch_embed", None)
+        size = getattr(patch, "patch_size", None)
+        if size is not None and not getattr(patch, "dynamic_img_pad", True):
+            if any(int(n) % int(p) for n, p in zip(pixels.shape[2:], size, strict=True)):
+                raise ValueError(
+                    f"pixel_values must have a height and width divisible by the patch size "
+                    f"{tuple(int(p) for p in size)} of this model, got "
+                    f"{pixels.shape[2]}x{pixels.shape[3]}"
+                )
         if not pixels.is_floating_point():
             raise ValueError(
                 f"pixel_values must be floating point (scaled images), got {pixels.dtype}"
