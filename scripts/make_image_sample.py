@@ -20,7 +20,7 @@ import numpy as np
 
 from nlpcal.data.images import read_idx
 
-__all__ = ["OUT_DIR", "PER_CLASS", "make_image_sample", "main"]
+__all__ = ["OUT_DIR", "PER_CLASS", "main", "make_image_sample"]
 
 OUT_DIR = Path(__file__).resolve().parents[1] / "nlpcal" / "data" / "image_samples"
 PER_CLASS = 60

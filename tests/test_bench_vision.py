@@ -18,8 +18,16 @@ def image_recipe(**changes) -> dict:
             "calibration": {"holdout": 150},
             "test": {"name": "mnist", "source": "image:mnist/sample"},
             "shifted": [
-                {"name": "noise_5", "source": "image:mnist/sample", "corrupt": {"corruption": "gaussian_noise", "severity": 5}},
-                {"name": "rotation_3", "source": "image:mnist/sample", "corrupt": {"corruption": "rotation", "severity": 3}},
+                {
+                    "name": "noise_5",
+                    "source": "image:mnist/sample",
+                    "corrupt": {"corruption": "gaussian_noise", "severity": 5},
+                },
+                {
+                    "name": "rotation_3",
+                    "source": "image:mnist/sample",
+                    "corrupt": {"corruption": "rotation", "severity": 3},
+                },
             ],
         },
         "slicing": {"max_train_samples": 300, "max_eval_samples": 100, "seed": 0},
@@ -30,7 +38,13 @@ def image_recipe(**changes) -> dict:
             "use_cpu": True,
             "report_to": "none",
         },
-        "methods": [{"name": "cross_entropy", "calibration_loss": "cross_entropy", "posthoc": ["temperature"]}],
+        "methods": [
+            {
+                "name": "cross_entropy",
+                "calibration_loss": "cross_entropy",
+                "posthoc": ["temperature"],
+            }
+        ],
         "seeds": [0],
         **changes,
     }
@@ -49,5 +63,8 @@ def test_an_image_recipe_runs_end_to_end(tmp_path) -> None:
 def test_image_recipe_errors_are_named() -> None:
     bad = image_recipe()
     bad["data"]["shifted"][0]["corrupt"]["corruption"] = "fog"
-    with pytest.raises(ValueError, match="unknown corrupt.corruption 'fog'; available for texts: .*for images: brightness"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown corrupt\.corruption 'fog'; available for texts: .*for images: brightness",
+    ):
         Recipe.from_dict(bad)

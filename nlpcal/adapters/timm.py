@@ -37,7 +37,13 @@ __all__ = [
 
 # A model string with this prefix names a timm architecture (``timm:resnet18``), not a Hub id.
 TIMM_PREFIX = "timm:"
-_CONTRACT = ("forward_features", "forward_head", "num_features", "reset_classifier", "get_classifier")
+_CONTRACT = (
+    "forward_features",
+    "forward_head",
+    "num_features",
+    "reset_classifier",
+    "get_classifier",
+)
 
 
 def _timm() -> Any:
@@ -119,9 +125,7 @@ class TimmSites:
             raise ValueError(
                 f"the input of an image model is 'pixel_values'; got keys {sorted(inputs)}"
             )
-        rest = {
-            k: v for k, v in inputs.items() if k not in ("labels", "label", "pixel_values")
-        }
+        rest = {k: v for k, v in inputs.items() if k not in ("labels", "label", "pixel_values")}
         values = pixels.flatten(2)
         mask = torch.ones(values.shape[:2], dtype=torch.long, device=pixels.device)
         return InputView(values, mask, rest, "pixel_values", tuple(pixels.shape[1:]))
@@ -250,13 +254,16 @@ class TimmForImageClassification(PreTrainedModel):
             )
         patch = getattr(self.timm_model, "patch_embed", None)
         size = getattr(patch, "patch_size", None)
-        if size is not None and not getattr(patch, "dynamic_img_pad", True):
-            if any(int(n) % int(p) for n, p in zip(pixels.shape[2:], size, strict=True)):
-                raise ValueError(
-                    f"pixel_values must have a height and width divisible by the patch size "
-                    f"{tuple(int(p) for p in size)} of this model, got "
-                    f"{pixels.shape[2]}x{pixels.shape[3]}"
-                )
+        if (
+            size is not None
+            and not getattr(patch, "dynamic_img_pad", True)
+            and any(int(n) % int(p) for n, p in zip(pixels.shape[2:], size, strict=True))
+        ):
+            raise ValueError(
+                f"pixel_values must have a height and width divisible by the patch size "
+                f"{tuple(int(p) for p in size)} of this model, got "
+                f"{pixels.shape[2]}x{pixels.shape[3]}"
+            )
         if not pixels.is_floating_point():
             raise ValueError(
                 f"pixel_values must be floating point (scaled images), got {pixels.dtype}"

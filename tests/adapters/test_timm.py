@@ -51,9 +51,14 @@ def test_save_and_load_round_trip(tmp_path) -> None:
         TimmForImageClassification.from_pretrained(tmp_path),
         AutoModelForImageClassification.from_pretrained(tmp_path),
     ):
-        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True))
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True)
+        )
         # Same weights; memory-mapped tensors may take another CPU kernel path (last bits).
-        assert torch.allclose(loaded.eval()(pixel_values=x).logits, model(pixel_values=x).logits, atol=1e-6, rtol=0)
+        assert torch.allclose(
+            loaded.eval()(pixel_values=x).logits, model(pixel_values=x).logits, atol=1e-6, rtol=0
+        )
         assert loaded.config.image_size == [28, 28]
 
 
@@ -61,7 +66,9 @@ def test_bad_input_is_named() -> None:
     with pytest.raises(ValueError, match=r"no model named 'resnet1'; close matches: .*resnet18"):
         create_timm_classifier("resnet1", 3)
     model = tiny_image_model()
-    with pytest.raises(ValueError, match=r"shape \(B, 1, H, W\).*1-channel images.*\(2, 3, 28, 28\)"):
+    with pytest.raises(
+        ValueError, match=r"shape \(B, 1, H, W\).*1-channel images.*\(2, 3, 28, 28\)"
+    ):
         model(pixel_values=torch.rand(2, 3, 28, 28))
     with pytest.raises(ValueError, match="must be 28x28 images for this model, got 32x32"):
         model(pixel_values=torch.rand(2, 1, 32, 32))
@@ -98,7 +105,9 @@ def test_zero_strength_is_cross_entropy_on_images(name) -> None:
     batch = tiny_image_batch()
     if name == "ar_adals":
         batch["example_index"] = torch.arange(len(batch["labels"]))
-    expected = nn.functional.cross_entropy(model(pixel_values=batch["pixel_values"]).logits, batch["labels"])
+    expected = nn.functional.cross_entropy(
+        model(pixel_values=batch["pixel_values"]).logits, batch["labels"]
+    )
     assert torch.allclose(loss(model, batch, LossContext()).loss, expected, atol=1e-6)
 
 
@@ -160,7 +169,11 @@ def digits():
 def test_trainer_calibrators_and_saving_on_images(tmp_path, digits) -> None:
     train, held = digits
     model = create_timm_classifier("test_resnet", train.features["label"].names, 1, (28, 28))
-    args = _args(tmp_path, posthoc=["temperature", "vector", "adats"], posthoc_kwargs={"adats": {"epochs": 2}})
+    args = _args(
+        tmp_path,
+        posthoc=["temperature", "vector", "adats"],
+        posthoc_kwargs={"adats": {"epochs": 2}},
+    )
     trainer = CalibratedTrainer(model, args, train_dataset=train, calibration_dataset=held)
     trainer.train()
     assert set(trainer.calibrators) == {"temperature", "vector", "adats"}
@@ -183,7 +196,11 @@ def test_trainer_calibrators_and_saving_on_images(tmp_path, digits) -> None:
 def test_trainer_runs_each_method_on_images(tmp_path, digits, name) -> None:
     train, held = digits
     model = create_timm_classifier("test_resnet", train.features["label"].names, 1, (28, 28))
-    kwargs = {"num_strata": 2, "refresh_steps": 2, "adaptation_samples": 20} if name == "ar_adals" else {}
+    kwargs = (
+        {"num_strata": 2, "refresh_steps": 2, "adaptation_samples": 20}
+        if name == "ar_adals"
+        else {}
+    )
     args = _args(tmp_path, calibration_loss=name, loss_kwargs=kwargs, max_steps=4)
     trainer = CalibratedTrainer(model, args, train_dataset=train, calibration_dataset=held)
     trainer.train()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import sys
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def test_the_bundled_sample() -> None:
     assert np.bincount(data["label"]).tolist() == [60] * 10
     pixels = np.asarray(data["pixel_values"][:5])
     assert pixels.shape == (5, 1, 28, 28) and data.features["pixel_values"].dtype == "float32"
-    assert 0.0 <= pixels.min() and pixels.max() <= 1.0
+    assert pixels.min() >= 0.0 and pixels.max() <= 1.0
 
 
 def test_mnist_from_the_shared_data(shared_data) -> None:
@@ -39,7 +40,9 @@ def test_mnist_from_the_shared_data(shared_data) -> None:
     held = load_source("image:mnist/t10k-eval", data_dir=shared_data)
     assert fit.num_rows == held.num_rows == 5_000
     fit_digits = {np.asarray(p, dtype=np.float32).tobytes() for p in fit["pixel_values"][:200]}
-    assert not fit_digits & {np.asarray(p, dtype=np.float32).tobytes() for p in held["pixel_values"]}
+    assert not fit_digits & {
+        np.asarray(p, dtype=np.float32).tobytes() for p in held["pixel_values"]
+    }
 
 
 def test_make_image_sample_reproduces_the_bundled_files(shared_data, tmp_path) -> None:
@@ -68,7 +71,7 @@ def test_distance_rises_strictly_with_severity(sample, name) -> None:
         _distance(corrupt_images(sample, name, severity, seed=0)["pixel_values"], clean)
         for severity in range(1, 6)
     ]
-    assert all(b > a for a, b in zip(distances, distances[1:], strict=False)), distances
+    assert all(b > a for a, b in itertools.pairwise(distances)), distances
 
 
 @pytest.mark.parametrize("name", [*list_image_corruptions(), "mixed"])
@@ -80,7 +83,7 @@ def test_corruptions_are_deterministic_under_a_seed(sample, name) -> None:
     assert corrupt_dataset(subset, name, 4, seed=3)["label"] == subset["label"]
     one = corrupt_image(np.asarray(subset[0]["pixel_values"]), name, 4, seed=3)
     assert np.array_equal(one, first[0])
-    assert 0.0 <= first.min() and first.max() <= 1.0
+    assert first.min() >= 0.0 and first.max() <= 1.0
 
 
 def test_seeds_differ_for_random_corruptions(sample) -> None:
@@ -91,7 +94,9 @@ def test_seeds_differ_for_random_corruptions(sample) -> None:
 
 
 def test_bad_corruptions_are_named(sample) -> None:
-    with pytest.raises(ValueError, match=r"unknown image corruption 'fog'; available: brightness, .*mixed"):
+    with pytest.raises(
+        ValueError, match=r"unknown image corruption 'fog'; available: brightness, .*mixed"
+    ):
         corrupt_images(sample, "fog", 3)
     for severity in (0, 6, 2.5, True):
         with pytest.raises(ValueError, match="severity must be an integer from 1 to 5"):
