@@ -36,6 +36,7 @@ from nlpcal.functional.predictive import class_probabilities, split_confidence
 from nlpcal.functional.scaling import fold_affine
 from nlpcal.losses import CalibrationLoss, create_loss
 from nlpcal.losses._modules import num_labels, output_layer, unwrap_model
+from nlpcal.losses.sites import model_sites
 from nlpcal.metrics.vocabulary import METRICS
 from nlpcal.posthoc import Calibrator, load_calibrator
 
@@ -632,7 +633,7 @@ class CalibratedModel(nn.Module):
         logits = self.loss.transform_logits(outputs.logits, self.model).float()
         if self.calibrator is None:
             return logits
-        features = outputs.hidden_states[-1][:, 0] if self._needs_features() else None
+        features = model_sites(self.model).features(outputs) if self._needs_features() else None
         return self.calibrator(logits, features)
 
     @property
@@ -838,7 +839,12 @@ def load_calibrated(
         raise FileNotFoundError(f"no model*.safetensors weights in {folder}")
     for file in weights:
         check_safetensors(file)
-    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    if _is_image_adapter(folder):
+        from nlpcal.adapters.timm import TimmForImageClassification
+
+        model = TimmForImageClassification.from_pretrained(folder)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
     loss.prepare_model(model)
     _restore_weights(model, weights)
     if meta.get("folded"):
@@ -853,6 +859,12 @@ def load_calibrated(
     if device is not None:
         calibrated.to(device)
     return calibrated
+
+
+def _is_image_adapter(folder: Path) -> bool:
+    """Whether ``folder`` holds an image classifier saved through :mod:`nlpcal.adapters.timm`."""
+    config = folder / "config.json"
+    return config.is_file() and read_json(config).get("model_type") == "nlpcal_timm"
 
 
 def _saved_calibrators(

@@ -44,6 +44,7 @@ from nlpcal.hub import (
     save_calibration,
 )
 from nlpcal.losses import EXAMPLE_INDEX, CalibrationLoss, LossContext, create_loss
+from nlpcal.losses.sites import model_sites
 from nlpcal.posthoc import Calibrator, calibrator_class, create_calibrator
 
 __all__ = ["CalibratedTrainer", "Predictions", "VariantOutput"]
@@ -634,7 +635,8 @@ class CalibratedTrainer(Trainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[Tensor | None, Tensor | tuple[Tensor, Tensor] | None, Tensor | None]:
-        """Raw logits (and first-token features if needed); the loss is the predictive NLL."""
+        """Raw logits (and the model's penultimate features if needed: the first token's for
+        text, :func:`~nlpcal.losses.sites.model_sites`); the loss is the predictive NLL."""
         inputs = self._prepare_inputs(inputs)
         labels = inputs.get("labels")
         features = self._collect_features
@@ -651,7 +653,8 @@ class CalibratedTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         if features:
-            return loss, (logits, outputs.hidden_states[-1][:, 0]), labels
+            sites = model_sites(self.accelerator.unwrap_model(model))
+            return loss, (logits, sites.features(outputs)), labels
         return loss, logits, labels
 
     # -- saving --------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 from nlpcal.args import CalibrationArguments, parse_config, posthoc_variants, read_config
-from nlpcal.data import LABEL_NAMES, Corruption, Task, load_source
+from nlpcal.data import LABEL_NAMES, Corruption, Task, list_corruptions, load_source
 from nlpcal.data.prepare import DEFAULT_MODEL
 from nlpcal.functional.predictive import PredictiveOOD
 from nlpcal.functional.robustness import AttackNorm
@@ -312,16 +312,29 @@ class CorruptionSpec(_Section):
 
     _what: ClassVar[str] = "corrupt"
 
-    corruption: Corruption = field(
+    corruption: Corruption | str = field(
         default=Corruption.MIXED,
         metadata={
-            "help": "A corruption from nlpcal.data.list_corruptions(), or mixed (one per example)."
+            "help": "A corruption from nlpcal.data.list_corruptions() (texts) or "
+            "nlpcal.data.image_shift.list_image_corruptions() (images), or mixed (one per example)."
         },
     )
     severity: int = field(
         default=3, metadata={"help": "Strength, 1 (mild) to 5 (strong).", "min": 1, "max": 5}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the random edits.", "min": 0})
+
+    def __post_init__(self) -> None:
+        from nlpcal.data.image_shift import list_image_corruptions
+
+        if not isinstance(self.corruption, Corruption) and (
+            self.corruption not in list_image_corruptions()
+        ):
+            raise ValueError(
+                f"unknown corrupt.corruption {self.corruption!r}; available for texts: "
+                f"{', '.join(list_corruptions())}, mixed; for images: "
+                f"{', '.join(list_image_corruptions())}, mixed"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -783,6 +796,10 @@ class Recipe(_Section):
             )
         if self.robustness is not None:
             self._check_attacked_sets(self.robustness.sets or ())
+        if self.explain is not None and self.model.startswith("timm:"):
+            raise ValueError(
+                f"explain shows token heat maps of text models; {self.model} is an image model"
+            )
         per_cell = sorted(set(self.training) & set(_PER_CELL))
         if per_cell:
             raise ValueError(f"training must not set {per_cell}: the runner sets them per cell")

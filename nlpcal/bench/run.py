@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nlpcal.adapters.timm import is_timm_name, timm_classifier_for
 from nlpcal.args import CalibrationArguments
 from nlpcal.bench.collect import set_metrics, shift_metrics, write_results
 from nlpcal.bench.recipe import NONE, SAVED_PREFIX, DriftSpec, Method, Recipe
@@ -131,6 +132,11 @@ def _load_data(recipe: Recipe) -> _Data:
     """
     data, slicing, data_dir = recipe.data, recipe.slicing, recipe.data_dir
     seed, n_eval = slicing.seed, slicing.max_eval_samples
+    if is_timm_name(recipe.model) and not recipe.trains:
+        raise ValueError(
+            f"model {recipe.model!r} is built from timm untrained: its methods must train "
+            "(train: false takes a fine-tuned classifier as it is)"
+        )
     if recipe.trains:
         full = data.train.load(recipe.task, data_dir, recipe.labels, "data.train")
         names = full.features["label"].names
@@ -181,10 +187,17 @@ def _load_data(recipe: Recipe) -> _Data:
             name: ds.select(range(min(recipe.explain.examples, len(ds))))
             for name, ds in sets.items()
         }
-    tokenizer = load_tokenizer(recipe.model if recipe.trains else _model_folder(recipe.model))
+    if is_timm_name(recipe.model):  # images: pixel_values as loaded, no tokenizer
+        tokenizer = None
 
-    def prepared(dataset: Dataset | None) -> Dataset | None:
-        return None if dataset is None else tokenize(dataset, tokenizer, recipe.max_length)
+        def prepared(dataset: Dataset | None) -> Dataset | None:
+            return dataset
+
+    else:
+        tokenizer = load_tokenizer(recipe.model if recipe.trains else _model_folder(recipe.model))
+
+        def prepared(dataset: Dataset | None) -> Dataset | None:
+            return None if dataset is None else tokenize(dataset, tokenizer, recipe.max_length)
 
     prepared_sets = {name: prepared(ds) for name, ds in sets.items()}
     return _Data(
@@ -406,7 +419,8 @@ def train_calibrated(
     calibrators on ``calibration``.
 
     The random state is seeded with ``args.seed`` before the classification head is created, so a
-    seed fixes the whole run. ``train`` and ``calibration`` are tokenized
+    seed fixes the whole run. A ``"timm:NAME"`` model is a fresh timm image classifier
+    (:mod:`nlpcal.adapters.timm`) for ``train``'s images; ``tokenizer`` is then ``None``. ``train`` and ``calibration`` are tokenized
     (:func:`~nlpcal.data.prepare.tokenize`); the
     label names come from ``train``'s ``label`` feature.
     """
@@ -415,7 +429,10 @@ def train_calibrated(
     from nlpcal.trainer import CalibratedTrainer
 
     set_seed(args.seed)
-    model = _load_classifier(model_name_or_path, train.features["label"].names)
+    if is_timm_name(model_name_or_path):
+        model = timm_classifier_for(model_name_or_path, train)
+    else:
+        model = _load_classifier(model_name_or_path, train.features["label"].names)
     trainer = CalibratedTrainer(
         model,
         args,

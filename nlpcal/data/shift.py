@@ -166,10 +166,17 @@ def corrupt_dataset(
     Raises:
         ValueError: bad corruption name, severity or seed, or no ``text`` column.
 
+    A dataset of images (a ``pixel_values`` column) gets the image corruptions of
+    :func:`~nlpcal.data.image_shift.corrupt_images` instead.
+
     >>> ds = Dataset.from_dict({"text": ["a truly wonderful film"], "label": [1]})
     >>> corrupt_dataset(ds, "word_drop", severity=3, seed=1)[0]
     {'text': 'a truly film', 'label': 1}
     """
+    if "pixel_values" in dataset.column_names:
+        from nlpcal.data.image_shift import corrupt_images
+
+        return corrupt_images(dataset, getattr(corruption, "value", corruption), severity, seed)
     corruption = _parse(corruption)
     _check_severity(severity)
     _check_seed(seed)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datasets import Dataset
 
 from nlpcal.data.bundled import load_sample
+from nlpcal.data.images import IMAGE_PREFIX, load_image_source
 from nlpcal.data.labels import align_labels
 from nlpcal.data.loaders import load_dataset_by_name, load_hub, load_local
 from nlpcal.data.registry import get_dataset_spec
@@ -39,6 +40,7 @@ def load_source(
     * ``hub:NAME/SPLIT``: a registered dataset downloaded from the Hugging Face Hub.
     * ``hub:OWNER/DATASET[:CONFIG]/SPLIT``: any Hub dataset (:func:`~nlpcal.data.load_hub`),
       e.g. ``hub:nyu-mll/glue:mnli/validation_matched``.
+    * ``image:mnist/sample``, ``image:mnist/t10k``: images (:mod:`nlpcal.data.images`).
     * anything else: a path to a TSV, CSV or JSON-lines file (:func:`~nlpcal.data.load_local`).
 
     The registered sources have the label names of their task; with ``labels`` they are
@@ -72,6 +74,10 @@ def load_source(
         "text_pair_column": text_pair_column,
         "label_column": label_column,
     }
+    if source.startswith(IMAGE_PREFIX):
+        if task is not None:
+            raise ValueError(f"source {source!r} holds images; it has no text task ({task.value})")
+        return load_image_source(source, data_dir, labels)
     scheme = next((s for s in _SCHEMES if source.startswith(s)), None)
     if scheme is None:
         return load_local(source, task, labels=labels, require_labels=require_labels, **columns)

@@ -121,8 +121,13 @@ def check_layers(layers: Sequence[int] | None) -> tuple[int, ...] | None:
 
 
 def eligible_sites(model: nn.Module, layers: Sequence[int] | None) -> list[nn.Module]:
-    """The mixing sites numbered ``layers``; by default ``0..min(2, L − 1)`` (Manifold Mixup)."""
-    sites = mixing_sites(model)
+    """The mixing sites numbered ``layers``; by default ``0..min(2, L − 1)`` (Manifold Mixup).
+
+    The sites are the model's own (:func:`~nlpcal.losses.sites.model_sites`): for text
+    :func:`mixing_sites`, for an image backbone its stages."""
+    from nlpcal.losses.sites import model_sites  # sites builds on this module
+
+    sites = model_sites(model).mixing_sites()
     n_layers = len(sites) - 1
     if layers is None:
         layers = range(min(2, n_layers - 1) + 1)
@@ -130,7 +135,7 @@ def eligible_sites(model: nn.Module, layers: Sequence[int] | None) -> list[nn.Mo
     if too_deep:
         raise ValueError(
             f"mixing layers {too_deep} do not exist: {type(unwrap_model(model)).__name__} has "
-            f"{n_layers} encoder layers, so layers must lie in [0, {n_layers}]"
+            f"{n_layers} encoder layers (or stages), so layers must lie in [0, {n_layers}]"
         )
     return [sites[k] for k in layers]
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from nlpcal._registry import Registry
-from nlpcal.losses._modules import input_embeddings
+from nlpcal.losses.sites import model_sites
 
 __all__ = [
     "EXAMPLE_INDEX",
@@ -118,7 +118,8 @@ class CalibrationLoss:
 
     * ``strength``: the name of the constructor argument whose value 0 turns the method into
       plain cross-entropy (``None`` if the method has no such knob, e.g. one-vs-all).
-    * ``requires_embeddings``: the method feeds ``inputs_embeds`` to the model.
+    * ``requires_embeddings``: the method feeds a continuous input to the model (text:
+      ``inputs_embeds``; images: pixels), through :func:`~nlpcal.losses.sites.model_sites`.
     * ``extra_inputs``: batch keys the loss consumes that the model must not receive; with
       :data:`EXAMPLE_INDEX` among them the trainer adds each training example's index.
     * ``deterministic``: the loss is a deterministic function of model and batch (no sampling),
@@ -158,7 +159,7 @@ class CalibrationLoss:
         """Check and adapt the model once, before the optimizer is built (heads, bias init)."""
         if self.requires_embeddings:
             try:
-                input_embeddings(model)
+                model_sites(model).check_input()
             except ValueError as err:
                 raise ValueError(
                     f"the {self.name} loss feeds inputs_embeds to the model, but {err}"

@@ -32,6 +32,9 @@ class ManifoldMixupLoss(CalibrationLoss):
     and the site are drawn from torch's CPU generator (no device synchronisation); ``λ`` and
     ``π`` from the global RNG of the batch's device; all follow ``torch.manual_seed``.
 
+    For an image backbone (:mod:`nlpcal.adapters.timm`) site 0 is the stem's output and site
+    ``k`` the output of stage ``k``; images have no mask.
+
     The returned logits are those of the forward pass that was run: on a mixed batch they are the
     mixed logits (good enough for the trainer's running training metrics, and no second forward
     pass is spent on them). Evaluation must call the model directly, not this loss. The logs are
@@ -45,8 +48,9 @@ class ManifoldMixupLoss(CalibrationLoss):
     Args:
         alpha: concentration of the Beta distribution of ``λ`` (``> 0``).
         mix_prob: probability that a batch is mixed, in ``[0, 1]``.
-        layers: eligible sites (0 = embeddings output, ``k`` = output of encoder layer ``k``);
-            default ``0..min(2, L − 1)`` for an encoder of ``L`` layers.
+        layers: eligible sites (0 = embeddings output, ``k`` = output of encoder layer ``k``;
+            images: 0 = stem, ``k`` = stage ``k``); default ``0..min(2, L − 1)`` for an encoder
+            of ``L`` layers.
 
     >>> from nlpcal.losses import create_loss
     >>> create_loss("manifold_mixup", layers=[0, 1])

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlpcal.functional.mixing import mix, mix_attention_masks, mixed_cross_entropy, sample_lambda
-from nlpcal.losses._modules import check_layers, eligible_sites, input_embeddings, transform_output
+from nlpcal.losses._modules import check_layers, eligible_sites, transform_output
 from nlpcal.losses.base import CalibrationLoss, LossContext, LossOutput, register_loss
+from nlpcal.losses.sites import model_sites
 
 
 class MixSite(str, Enum):
@@ -35,6 +36,8 @@ class RegMixupLoss(CalibrationLoss):
     (``get_input_embeddings()(input_ids)``, fed as ``inputs_embeds``) of the two sequences at their
     common padded length; the model then adds its position and token-type embeddings, keeping
     ``token_type_ids`` of ``x``. The mixed sequence attends to the union of the two attention masks.
+    For images (:mod:`nlpcal.adapters.timm`) the "embeddings" site is the pixels, and
+    ``mix_site="hidden"`` mixes the output of a backbone stage.
     ``mix_site="hidden"`` mixes the hidden states after a layer drawn uniformly from ``layers``, the
     Manifold Mixup mechanism (see :class:`~nlpcal.losses.manifold_mixup.ManifoldMixupLoss`).
 
@@ -103,13 +106,10 @@ class RegMixupLoss(CalibrationLoss):
         lam = sample_lambda(self.alpha, labels.device)
         perm = torch.randperm(n, device=labels.device)
         if self.mix_site is MixSite.EMBEDDINGS:
-            embeds = batch.pop("inputs_embeds", None)
-            input_ids = batch.pop("input_ids", None)
-            if embeds is None:
-                embeds = input_embeddings(model)(input_ids)
-            both = _clean_and_mixed_batch(batch, n, perm)
-            both["inputs_embeds"] = torch.cat([embeds, mix(embeds, perm, lam)])
-            logits_both = model(**both).logits
+            view = model_sites(model).input_view(batch)
+            both = _clean_and_mixed_batch(view.rest, n, perm)
+            mixed = torch.cat([view.values, mix(view.values, perm, lam)])
+            logits_both = model(**view.model_inputs(mixed, both)).logits
         else:
             sites = eligible_sites(model, self.layers)
             site = sites[int(torch.randint(len(sites), ()))]

@@ -9,6 +9,10 @@ so the model still adds its position and type embeddings; padding is never pertu
 runs in eval mode (dropout off) and is put back in its mode afterwards; parameter gradients are
 never touched. All examples of the batch are processed together: no Python loop over examples.
 
+An image classifier (:mod:`nlpcal.adapters.timm`) is perturbed on its pixels instead, viewed as
+``(B, C, H·W)`` with no padding (:mod:`nlpcal.losses.sites`), so the radii below are relative to
+the image's norm.
+
 Radii are relative to the embedding scale (:func:`~nlpcal.functional.robustness.embedding_scale`):
 a radius ``ρ`` under L2 allows ``‖δ‖_F ≤ ρ ‖e‖_F`` over the real tokens, under L∞
 ``|δ_ij| ≤ ρ · rms(e)``.
@@ -36,7 +40,8 @@ from nlpcal.functional.robustness import (
     prediction_margin,
     project,
 )
-from nlpcal.losses._modules import input_embeddings, unwrap_model
+from nlpcal.losses._modules import unwrap_model
+from nlpcal.losses.sites import model_sites
 
 __all__ = [
     "RobustnessMode",
@@ -48,8 +53,6 @@ __all__ = [
     "noise_accuracy",
     "pgd_flips",
 ]
-
-_NOT_MODEL_INPUTS = ("labels", "label", "input_ids", "inputs_embeds")
 
 
 class RobustnessMode(str, Enum):
@@ -73,38 +76,37 @@ def _check_count(name: str, value: int) -> int:
 
 
 class _Embedded:
-    """A batch as clean token embeddings, their mask, and the other model inputs."""
+    """A batch as its clean continuous input (token embeddings, or pixels), the mask of its
+    real positions, and the other model inputs (:mod:`nlpcal.losses.sites`)."""
 
     def __init__(self, model: nn.Module, inputs: Mapping[str, Any]) -> None:
         self.model = unwrap_model(model)
-        ids = inputs.get("input_ids")
-        if ids is None:
+        sites = model_sites(self.model)
+        sites.check_input()
+        if sites.input_key not in inputs:
             raise ValueError(
-                f"embedding robustness needs 'input_ids' in the batch; got keys {sorted(inputs)}"
+                f"embedding robustness needs {sites.input_key!r} in the batch; got keys "
+                f"{sorted(inputs)}"
             )
-        embedding = input_embeddings(self.model)
+        device = next(self.model.parameters()).device
+        inputs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
         with torch.no_grad():
-            self.embeds = embedding(ids.to(embedding.weight.device)).float()
-        self.mask = inputs.get("attention_mask")
-        if self.mask is None:
-            self.mask = torch.ones(ids.shape, dtype=torch.long)
-        self.mask = self.mask.to(self.embeds.device)
-        self.rest = {
-            k: v.to(self.embeds.device) if isinstance(v, Tensor) else v
-            for k, v in inputs.items()
-            if k not in _NOT_MODEL_INPUTS
-        }
-        self.rest["attention_mask"] = self.mask
-        self.dtype = embedding.weight.dtype
+            self.view = sites.input_view(inputs)
+        self.dtype = self.view.values.dtype
+        self.embeds = self.view.values.float()
+        self.mask = self.view.mask
+        self.rest = dict(self.view.rest)
+        if self.view.mask_key is not None:
+            self.rest[self.view.mask_key] = self.mask
 
     def logits(self, delta: Tensor | None = None) -> Tensor:
         embeds = self.embeds if delta is None else self.embeds + delta
-        return self.model(inputs_embeds=embeds.to(self.dtype), **self.rest).logits.float()
+        return self.model(**self.view.model_inputs(embeds.to(self.dtype), self.rest)).logits.float()
 
     def repeated(self, copies: int) -> _Embedded:
         """The batch ``copies`` times over (copy ``c`` of example ``i`` is row ``c·B + i``)."""
         many = object.__new__(_Embedded)
-        many.model, many.dtype = self.model, self.dtype
+        many.model, many.dtype, many.view = self.model, self.dtype, self.view
         many.embeds = self.embeds.repeat(copies, 1, 1)
         many.mask = self.mask.repeat(copies, 1)
         many.rest = {
