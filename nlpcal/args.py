@@ -96,8 +96,28 @@ class CalibrationArguments(TrainingArguments):
         default_factory=list,
         metadata={
             "help": "Post-hoc variants fitted drift-aware (Tomani et al. 2021): on the calibration "
-            "data plus its perturbed copies (the trainer's drift_datasets), every copy weighted "
-            "equally; the other variants are fitted on the calibration data alone."
+            "data plus its perturbed copies (the trainer's drift_datasets, or drift_perturbation), "
+            "the clean data and every copy weighted equally; the other variants are fitted on the "
+            "calibration data alone."
+        },
+    )
+    drift_perturbation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Perturbed copies for the drift_variants built by the trainer in "
+            "input-embedding space, instead of drift_datasets: 'gaussian' (noise) or 'gradient' "
+            "(signed-gradient steps against the clean prediction), at levels whose strengths are "
+            "searched on the calibration data so that its accuracy falls in equal steps towards "
+            "chance (nlpcal.robustness.EmbeddingDrift)."
+        },
+    )
+    drift_perturbation_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Arguments of the embedding perturbation, as a dict or a JSON string: levels "
+            "(10), accuracy_drop (0.9: the strongest level's share of the way to chance), "
+            "strengths (a fixed increasing list instead of the search), steps and norm "
+            "(gradient), seed, search_steps, min_strength, max_strength."
         },
     )
     ood_score: str = field(
@@ -111,7 +131,7 @@ class CalibrationArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("loss_kwargs", "posthoc_kwargs"):
+        for name in ("loss_kwargs", "posthoc_kwargs", "drift_perturbation_kwargs"):
             value = getattr(self, name)
             if value is None or (isinstance(value, str) and not value.strip()):
                 value = {}
@@ -145,7 +165,7 @@ def calibration_settings(args: TrainingArguments | None) -> dict[str, Any]:
     for f in _OWN_FIELDS:
         default = f.default_factory() if f.default_factory is not MISSING else f.default
         settings[f.name] = getattr(args, f.name, default)
-    for name in ("loss_kwargs", "posthoc_kwargs"):
+    for name in ("loss_kwargs", "posthoc_kwargs", "drift_perturbation_kwargs"):
         settings[name] = settings[name] or {}
     return settings
 

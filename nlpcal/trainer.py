@@ -46,6 +46,7 @@ from nlpcal.hub import (
 from nlpcal.losses import EXAMPLE_INDEX, CalibrationLoss, LossContext, create_loss
 from nlpcal.losses.sites import model_sites
 from nlpcal.posthoc import Calibrator, calibrator_class, create_calibrator
+from nlpcal.robustness.drift import DriftSchedule, EmbeddingDrift
 
 __all__ = ["CalibratedTrainer", "Predictions", "VariantOutput"]
 
@@ -104,6 +105,9 @@ class CalibratedTrainer(Trainer):
             only variant (under its name) until :meth:`calibrate` fits ``args.posthoc``.
         calibration_dataset: held-out data the post-hoc calibrators are fitted on after training
             (default: the eval set named by ``args.calibration_set``).
+        drift_datasets: perturbed copies of the calibration data (e.g. text corruptions, built
+            by the caller from the raw text) that the variants of ``args.drift_variants`` are
+            fitted on too; none with ``args.drift_perturbation``, which builds its own copies.
         **kwargs: everything ``transformers.Trainer`` takes (train_dataset, eval_dataset as one
             dataset or a dict of named datasets, processing_class, data_collator, callbacks, ...).
 
@@ -113,6 +117,9 @@ class CalibratedTrainer(Trainer):
         calibrators: the fitted post-hoc calibrators by variant name, in ``args.posthoc`` order.
         active_calibrator: the variant that :meth:`calibrated_probs` applies and a saved model
             loads by default (``args.active_calibrator``, else the first); ``None`` without one.
+        drift_schedule: with ``args.drift_perturbation``, the strengths of the embedding copies
+            found on the calibration data by the last :meth:`calibrate` (and the accuracies they
+            give); ``None`` before.
 
     Example:
         >>> from nlpcal import CalibratedTrainer, CalibrationArguments  # doctest: +SKIP
@@ -152,6 +159,11 @@ class CalibratedTrainer(Trainer):
             raise ValueError(
                 f"drift_variants {unknown} are not posthoc variants; variants: {list(self.posthoc)}"
             )
+        self.drift_perturbation = _embedding_drift(
+            self.calibration["drift_perturbation"],
+            self.calibration["drift_perturbation_kwargs"],
+            drift_datasets,
+        )
         active = self.calibration["active_calibrator"]
         if active is not None and active not in self.posthoc:
             raise ValueError(
@@ -170,6 +182,7 @@ class CalibratedTrainer(Trainer):
         self.calibrator = calibrator
         self.calibration_dataset = calibration_dataset
         self.drift_datasets = list(drift_datasets or [])
+        self.drift_schedule: DriftSchedule | None = None
         self._diagnostics: dict[str, Tensor] = {}
         self._diagnostic_steps = 0
         self._collect_features = False
@@ -264,9 +277,12 @@ class CalibratedTrainer(Trainer):
 
         ``dataset`` defaults to ``calibration_dataset`` or the eval set named by
         ``args.calibration_set``. Never pass test data. The variants of ``args.drift_variants``
-        are fitted drift-aware: on ``dataset`` and its perturbed copies ``drift_datasets``
-        (default: the trainer's), each copy weighted equally (same rows, so concatenated).
-        Returns :attr:`calibrators`.
+        are fitted drift-aware: on ``dataset`` and its perturbed copies (:meth:`drift_predictions`:
+        ``drift_datasets``, by default the trainer's, or with ``args.drift_perturbation`` copies
+        in embedding space at strengths searched anew on ``dataset``, kept in
+        :attr:`drift_schedule`). The mixture weights the clean data and each copy equally: they
+        hold the same rows, so they are concatenated (with ``L`` copies the clean rows are
+        ``1 / (L + 1)`` of the fitting data). Returns :attr:`calibrators`.
         """
         dataset = dataset if dataset is not None else self._calibration_data()
         if dataset is None:
@@ -282,13 +298,20 @@ class CalibratedTrainer(Trainer):
         preds = self._predict(dataset, "calibration", features=features)
         if preds.labels is None:
             raise ValueError("the calibration dataset has no labels")
-        drift = self.drift_predictions(drift_datasets, len(preds.labels))
+        self.drift_schedule = None
+        drift = self.drift_predictions(drift_datasets, len(preds.labels), dataset)
         self.calibrators = self._fit_variants(preds, drift)
         self.active_calibrator = self.calibration["active_calibrator"] or next(iter(self.posthoc))
         bins = self.calibration["ece_bins"]
         outputs = self.variant_outputs(preds)
         before = outputs[UNCALIBRATED].metrics(preds.labels, bins)
         logs = {f"calibration_{k}_before": float(before[k]) for k in ("ece", "nll", "brier")}
+        if self.drift_schedule is not None:
+            for level, (strength, accuracy) in enumerate(
+                zip(self.drift_schedule.strengths, self.drift_schedule.accuracies, strict=True), 1
+            ):
+                logs[f"calibration_drift_{level}_strength"] = strength
+                logs[f"calibration_drift_{level}_accuracy"] = accuracy
         for variant in self.calibrators:
             after = outputs[variant].metrics(preds.labels, bins)
             logs.update(
@@ -301,37 +324,86 @@ class CalibratedTrainer(Trainer):
         return self.calibrators
 
     def drift_predictions(
-        self, drift_datasets: Sequence[Any] | None = None, n: int | None = None
+        self,
+        drift_datasets: Sequence[Any] | None = None,
+        n: int | None = None,
+        dataset: Any = None,
     ) -> list[Predictions]:
         """Predictions on the perturbed copies of the calibration data that drift-aware variants
         are fitted on (none when ``args.drift_variants`` is empty).
 
+        The copies are ``drift_datasets`` (default: the trainer's), data sets the caller built
+        (text corruptions need the raw text); or, with ``args.drift_perturbation``, copies of
+        ``dataset`` (default: the calibration data) perturbed in input-embedding space by
+        :class:`~nlpcal.robustness.EmbeddingDrift`, at the strengths of :attr:`drift_schedule`
+        (searched on ``dataset`` and kept there when there is none yet). Embedding copies are
+        deterministic under ``drift_perturbation_kwargs["seed"]`` for a given eval batch size.
+
         Raises:
-            ValueError: drift-aware variants without perturbed copies, or a copy whose rows
-                differ in number from the calibration data's ``n``.
+            ValueError: drift-aware variants without perturbed copies, both kinds of copies, or
+                a copy whose rows differ in number from the calibration data's ``n``.
         """
         if not self.calibration["drift_variants"]:
             return []
-        datasets = list(drift_datasets) if drift_datasets is not None else self.drift_datasets
-        if not datasets:
-            raise ValueError(
-                f"drift_variants {self.calibration['drift_variants']} need perturbed copies of the "
-                "calibration data: pass drift_datasets= to the trainer or to calibrate()"
-            )
         features = any(
             calibrator_class(self.posthoc[v].calibrator).requires_features
             for v in self.calibration["drift_variants"]
         )
-        preds = [
-            self._predict(d, f"calibration (perturbed copy {i})", features=features)
-            for i, d in enumerate(datasets, 1)
-        ]
+        if self.drift_perturbation is not None:
+            if drift_datasets:
+                raise ValueError(
+                    "drift_datasets were passed, but args.drift_perturbation builds the perturbed "
+                    "copies: give one or the other"
+                )
+            preds = self._embedding_drift_predictions(dataset, features)
+        else:
+            datasets = list(drift_datasets) if drift_datasets is not None else self.drift_datasets
+            if not datasets:
+                raise ValueError(
+                    f"drift_variants {self.calibration['drift_variants']} need perturbed copies of "
+                    "the calibration data: pass drift_datasets= to the trainer or to calibrate(), "
+                    "or set args.drift_perturbation"
+                )
+            preds = [
+                self._predict(d, f"calibration (perturbed copy {i})", features=features)
+                for i, d in enumerate(datasets, 1)
+            ]
         for i, p in enumerate(preds, 1):
             if p.labels is None or (n is not None and len(p.labels) != n):
                 raise ValueError(
                     f"perturbed copy {i} of the calibration data must be labelled and have its "
                     f"{n} rows, got {None if p.labels is None else len(p.labels)}"
                 )
+        return preds
+
+    def _embedding_drift_predictions(self, dataset: Any, features: bool) -> list[Predictions]:
+        """The copies of ``dataset`` perturbed in embedding space, as predictive logits."""
+        dataset = dataset if dataset is not None else self._calibration_data()
+        if dataset is None:
+            raise ValueError(
+                "no calibration data to perturb: pass calibration_dataset= to the trainer or "
+                "call calibrate(dataset)"
+            )
+        if isinstance(dataset, str):
+            dataset = self.eval_dataset[dataset]
+        known = self.drift_schedule
+        schedule, copies = self.drift_perturbation(
+            self,
+            dataset,
+            features=features,
+            drop=tuple(self.calibration_loss.extra_inputs),
+            strengths=None if known is None else known.strengths,
+        )
+        if known is None:
+            self.drift_schedule = schedule
+        model = self.accelerator.unwrap_model(self.model)
+        preds = []
+        with torch.no_grad():
+            for level, raw in enumerate(copies.logits):
+                z = raw.to(self.args.device)
+                logits = self.calibration_loss.transform_logits(z, model).float().cpu()
+                level_features = None if copies.features is None else copies.features[level]
+                preds.append(Predictions(logits, copies.labels, level_features))
         return preds
 
     def _fit_variants(
@@ -792,6 +864,30 @@ class _SaveLossState(TrainerCallback):
             folder.mkdir(parents=True, exist_ok=True)
             write_text_atomic(folder / LOSS_STATE_NAME, json.dumps(loss_state))
         return control
+
+
+def _embedding_drift(
+    family: str | None, kwargs: Mapping[str, Any], drift_datasets: Sequence[Any] | None
+) -> EmbeddingDrift | None:
+    """The embedding perturbation of ``args.drift_perturbation``, checked; ``None`` without one."""
+    if family is None:
+        if kwargs:
+            raise ValueError(
+                f"drift_perturbation_kwargs {dict(kwargs)} are given without drift_perturbation "
+                "('gaussian' or 'gradient')"
+            )
+        return None
+    if drift_datasets:
+        raise ValueError(
+            f"drift_perturbation={family!r} builds the perturbed copies of the calibration data; "
+            "pass no drift_datasets with it"
+        )
+    try:
+        return EmbeddingDrift(family, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad drift_perturbation_kwargs {dict(kwargs)}: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"drift_perturbation={family!r}: {err}") from None
 
 
 def _concat(parts: Sequence[Predictions]) -> Predictions:

@@ -703,6 +703,49 @@ def test_drift_aware_variants_are_fitted_on_perturbed_copies_of_the_calibration_
     assert data.drift[0]["input_ids"] == bench_run._load_data(recipe).drift[0]["input_ids"]
 
 
+def test_drift_aware_variants_on_embedding_perturbations_through_the_runner(
+    model_dir, tmp_path, monkeypatch
+):
+    """An embedding family: the trainer perturbs the calibration rows itself (no text copies);
+    the cell records the schedule, and the drift-aware variant differs from the plain one."""
+    corrupted = []
+    corrupt = bench_run.corrupt_dataset
+
+    def recorded(dataset, *args, **kwargs):
+        corrupted.append(len(dataset))
+        return corrupt(dataset, *args, **kwargs)
+
+    monkeypatch.setattr(bench_run, "corrupt_dataset", recorded)
+    method = {
+        "name": "ce",
+        "calibration_loss": "cross_entropy",
+        "posthoc": ["temperature"],
+        "drift_posthoc": ["temperature"],
+    }
+    data = tiny_recipe(model_dir)["data"]
+    drift = {"family": "gaussian", "strengths": [0.5, 2.0], "seed": 1}
+    data["calibration"] = {"source": "sample:sst2/dev", "drift": drift}
+    recipe = Recipe.from_dict(tiny_recipe(model_dir, methods=[method], seeds=[0], data=data))
+    args = recipe.training_arguments(recipe.methods[0], 0, tmp_path / "args")
+    assert args.drift_perturbation == "gaussian"
+    assert args.drift_perturbation_kwargs == {
+        "levels": 10,
+        "accuracy_drop": 0.9,
+        "seed": 1,
+        "strengths": [0.5, 2.0],
+    }
+    assert recipe.to_dict()["data"]["calibration"]["drift"] == drift
+    results = run_bench(recipe, tmp_path)
+    assert corrupted == [40]  # the corrupted shifted set only, never the calibration rows
+    (cell,) = results["cells"]
+    stored = json.loads((tmp_path / "cells" / "ce" / "seed_0" / "result.json").read_text())
+    assert stored["drift_schedule"]["strengths"] == [0.5, 2.0]
+    assert stored["drift_schedule"]["family"] == "gaussian"
+    assert set(cell["calibration_split"]) == {"none", "temperature", "temperature_drift"}
+    plain, aware = (cell["metrics"]["imdb"][v]["ece"] for v in ("temperature", "temperature_drift"))
+    assert plain != aware
+
+
 def load_source_texts(source: str) -> list[str]:
     from nlpcal.data import load_source
 
@@ -716,6 +759,26 @@ def load_source_texts(source: str) -> list[str]:
         ({"severities": [3, 2]}, "non-empty, strictly increasing"),
         ({"severities": [0]}, "from 1 to 5"),
         ({"corruption": "shout"}, "unknown data.calibration.drift.corruption"),
+        ({"family": "blur"}, "unknown data.calibration.drift.family 'blur'"),
+        (
+            {"family": "gaussian", "strengths": []},
+            r"data.calibration.drift.strengths must be a non-empty, strictly increasing .* \[\]",
+        ),
+        (
+            {"family": "gradient", "strengths": [0.2, 0.1]},
+            r"data.calibration.drift.strengths must be .* got \[0.2, 0.1\]",
+        ),
+        ({"family": "gaussian", "levels": 0}, "data.calibration.drift.levels must be an integer"),
+        (
+            {"family": "gaussian", "accuracy_drop": 2},
+            r"data.calibration.drift.accuracy_drop must be a number in \(0, 1\], got 2",
+        ),
+        (
+            {"family": "gaussian", "severities": [1, 2]},
+            r"\['severities'\] do not apply to family 'gaussian'",
+        ),
+        ({"family": "gaussian", "steps": 3}, r"\['steps'\] do not apply to family 'gaussian'"),
+        ({"levels": 4}, r"\['levels'\] do not apply to family 'corruption'"),
     ],
 )
 def test_a_bad_drift_schedule_is_refused(model_dir, drift, message):

@@ -67,9 +67,11 @@ def make_args(tmp_path, **overrides) -> CalibrationArguments:
     return CalibrationArguments(**defaults)
 
 
-def calibrated_trainer(tmp_path, n_train: int = 32, **overrides) -> CalibratedTrainer:
+def calibrated_trainer(
+    tmp_path, n_train: int = 32, drift_datasets: list | str | None = "dev", **overrides
+) -> CalibratedTrainer:
     """A tiny BERT trained for a few steps, its post-hoc calibrators fitted on a held-out set
-    (drift-aware variants also on one copy of it)."""
+    (drift-aware variants also on one copy of it, unless ``drift_datasets`` says otherwise)."""
     args = make_args(tmp_path, calibration_set="dev", **{"max_steps": 4, **overrides})
     dev = signal_dataset(48, seed=3)
     trainer = CalibratedTrainer(
@@ -77,7 +79,7 @@ def calibrated_trainer(tmp_path, n_train: int = 32, **overrides) -> CalibratedTr
         args,
         train_dataset=signal_dataset(n_train),
         eval_dataset={"dev": dev},
-        drift_datasets=[dev],
+        drift_datasets=[dev] if drift_datasets == "dev" else drift_datasets,
     )
     trainer.train()
     return trainer
@@ -534,3 +536,72 @@ def test_a_feature_calibrator_beside_a_drift_aware_temperature(tmp_path):
     assert drift[0].features is None
     outputs = trainer.cross_fitted_outputs(preds, drift=drift)
     assert set(outputs) == {"none", "adats", "t_drift"}
+
+
+def test_drift_aware_fitting_on_embedding_perturbations(tmp_path):
+    """args.drift_perturbation: the trainer perturbs the calibration data's embeddings itself, at
+    strengths searched on it; the drift-aware variant differs from the plain one, and the copies
+    are rebuilt from the kept schedule."""
+    trainer = calibrated_trainer(
+        tmp_path,
+        max_steps=40,
+        learning_rate=5e-3,
+        logging_steps=1000,
+        posthoc=["temperature", "t_drift=temperature"],
+        drift_variants=["t_drift"],
+        drift_perturbation="gradient",
+        drift_perturbation_kwargs={"levels": 3},
+        drift_datasets=None,
+    )
+    schedule = trainer.drift_schedule
+    assert len(schedule.strengths) == 3 and schedule.family == "gradient"
+    assert schedule.accuracies[-1] < schedule.clean_accuracy
+    fitted = trainer.calibrators
+    assert not torch.allclose(fitted["t_drift"].temperature, fitted["temperature"].temperature)
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert {"calibration_drift_3_strength", "calibration_drift_3_accuracy"} <= logged
+    dev = trainer.eval_dataset["dev"]
+    again = trainer.drift_predictions(n=len(dev))
+    assert trainer.drift_schedule is schedule  # the kept schedule, not a new search
+    assert [round(float((p.logits.argmax(-1) == p.labels).float().mean()), 6) for p in again] == [
+        round(a, 6) for a in schedule.accuracies
+    ]
+    mixture = torch.cat([trainer.predictions(dev).logits, *(p.logits for p in again)])
+    labels = torch.tensor(dev["label"]).repeat(4)
+    from nlpcal.posthoc import create_calibrator
+
+    expected = create_calibrator("temperature").fit(mixture, labels).temperature
+    assert torch.allclose(fitted["t_drift"].temperature, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"drift_perturbation": "blur"}, r"drift_perturbation='blur': family must be one of"),
+        (
+            {"drift_perturbation": "gaussian", "drift_perturbation_kwargs": {"strengths": [2, 1]}},
+            r"strictly increasing list of numbers > 0, got \[2, 1\]",
+        ),
+        (
+            {"drift_perturbation": "gaussian", "drift_perturbation_kwargs": {"sigma": 1}},
+            "bad drift_perturbation_kwargs",
+        ),
+        ({"drift_perturbation_kwargs": {"levels": 3}}, "given without drift_perturbation"),
+    ],
+)
+def test_a_bad_embedding_perturbation_is_refused(tmp_path, overrides, message):
+    args = make_args(tmp_path, posthoc=["t=temperature"], drift_variants=["t"], **overrides)
+    with pytest.raises(ValueError, match=message):
+        CalibratedTrainer(tiny_model("bert"), args)
+
+
+def test_embedding_perturbation_and_drift_datasets_exclude_each_other(tmp_path):
+    args = make_args(
+        tmp_path, posthoc=["t=temperature"], drift_variants=["t"], drift_perturbation="gaussian"
+    )
+    dev = signal_dataset(20, seed=3)
+    with pytest.raises(ValueError, match="pass no drift_datasets with it"):
+        CalibratedTrainer(tiny_model("bert"), args, drift_datasets=[dev])
+    trainer = CalibratedTrainer(tiny_model("bert"), args)
+    with pytest.raises(ValueError, match="give one or the other"):
+        trainer.calibrate(dev, drift_datasets=[dev])

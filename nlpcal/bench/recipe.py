@@ -56,6 +56,8 @@ from nlpcal.functional.robustness import AttackNorm
 from nlpcal.losses import create_loss
 from nlpcal.metrics.vocabulary import attack_metric
 from nlpcal.posthoc import create_calibrator
+from nlpcal.robustness.drift import EmbeddingDrift
+from nlpcal.robustness.embedding import EmbeddingPerturbation
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -65,6 +67,7 @@ __all__ = [
     "CorruptionSpec",
     "Data",
     "DataSource",
+    "DriftFamily",
     "DriftSpec",
     "EvalSet",
     "Explain",
@@ -97,6 +100,8 @@ _PER_CELL = (
     "ood_sets",
     "ood_score",
     "drift_variants",
+    "drift_perturbation",
+    "drift_perturbation_kwargs",
 )
 # Training defaults of a benchmark cell: no checkpoints (nothing needs them), no logging services.
 _TRAINING_DEFAULTS = {"save_strategy": "no", "report_to": "none"}
@@ -231,38 +236,129 @@ class DataSource(_Section):
         return load_source(self.source, task, data_dir, labels=labels, **columns)
 
 
+class DriftFamily(str, Enum):
+    """How the perturbed copies of the calibration data are made: text corruptions (built by the
+    runner from the raw text), or perturbations of the input embeddings (built by the trainer,
+    :class:`~nlpcal.robustness.EmbeddingDrift`)."""
+
+    CORRUPTION = "corruption"
+    GAUSSIAN = EmbeddingPerturbation.GAUSSIAN.value
+    GRADIENT = EmbeddingPerturbation.GRADIENT.value
+
+
 @dataclass(frozen=True, kw_only=True)
 class DriftSpec(_Section):
     """The perturbed copies of the calibration data that drift-aware post-hoc variants
-    (`drift_posthoc`) are fitted on together with it, each copy weighted equally (Tomani et al.
-    2021): one copy per severity of a text corruption. Never applied to an eval set."""
+    (`drift_posthoc`) are fitted on together with it, the clean data and each copy weighted
+    equally (Tomani et al. 2021): one copy per severity of a text corruption, or one per level of
+    an input-embedding perturbation whose strengths are searched on the calibration data so that
+    its accuracy falls in equal steps towards chance. Never applied to an eval set."""
 
     _what: ClassVar[str] = "data.calibration.drift"
+    _compact: ClassVar[bool] = True
 
+    family: DriftFamily = field(
+        default=DriftFamily.CORRUPTION,
+        metadata={
+            "help": "corruption: text corruptions at `severities`; gaussian: Gaussian noise on "
+            "the input embeddings; gradient: signed-gradient (FGSM, or PGD with `steps`) "
+            "perturbations of them against the clean prediction."
+        },
+    )
     corruption: Corruption = field(
         default=Corruption.MIXED,
         metadata={
-            "help": "A corruption from nlpcal.data.list_corruptions(), or mixed (one per example)."
+            "help": "corruption family: a corruption from nlpcal.data.list_corruptions(), or "
+            "mixed (one per example)."
         },
     )
     severities: tuple[int, ...] = field(
         default=(1, 2, 3, 4, 5),
         metadata={
-            "help": "One perturbed copy per severity (1 mild to 5 strong), strictly increasing.",
+            "help": "corruption family: one perturbed copy per severity (1 mild to 5 strong), "
+            "strictly increasing.",
             "min": 1,
             "max": 5,
         },
     )
-    seed: int = field(default=0, metadata={"help": "Seed of the random edits.", "min": 0})
+    levels: int = field(
+        default=10,
+        metadata={
+            "help": "Embedding families: perturbed copies, at strengths searched on the "
+            "calibration data.",
+            "min": 1,
+        },
+    )
+    accuracy_drop: float = field(
+        default=0.9,
+        metadata={
+            "help": "Embedding families: how far the strongest level takes the calibration "
+            "data's accuracy from its clean value towards chance (1/K, or the accuracy under "
+            "the strongest perturbation tried if higher), in (0, 1]; the levels' target "
+            "accuracies fall in equal steps in between."
+        },
+    )
+    strengths: tuple[float, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "Embedding families: fixed relative strengths (noise scale or radius, times "
+            "the embeddings' rms entry), strictly increasing, instead of the search (their "
+            "number is the levels)."
+        },
+    )
+    steps: int = field(
+        default=1,
+        metadata={"help": "gradient family: signed-gradient steps (1: FGSM).", "min": 1},
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the random edits or the noise.", "min": 0}
+    )
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "family", DriftFamily(self.family))
         object.__setattr__(self, "corruption", Corruption(self.corruption))
+        own = (
+            ("corruption", "severities")
+            if self.is_text
+            else ("levels", "accuracy_drop", "strengths")
+        )
+        own += ("steps",) if self.family is DriftFamily.GRADIENT else ()
+        other = [
+            f.name
+            for f in fields(self)
+            if f.name not in (*own, "family", "seed") and getattr(self, f.name) != _default(f)
+        ]
+        if other:
+            raise ValueError(
+                f"data.calibration.drift: {other} do not apply to family "
+                f"{self.family.value!r}; its keys: {list(own)} and seed"
+            )
         levels = list(self.severities)
         if not levels or any(b <= a for a, b in itertools.pairwise(levels)):
             raise ValueError(
                 f"data.calibration.drift.severities must be a non-empty, strictly increasing list "
                 f"of severities from 1 to 5, got {levels}"
             )
+        if not self.is_text:
+            try:
+                EmbeddingDrift(self.family.value, **self.perturbation_kwargs())
+            except ValueError as err:
+                raise ValueError(f"data.calibration.drift.{err}") from None
+
+    @property
+    def is_text(self) -> bool:
+        """Whether the copies are text corruptions (built by the runner) rather than embedding
+        perturbations (built by the trainer)."""
+        return self.family is DriftFamily.CORRUPTION
+
+    def perturbation_kwargs(self) -> dict[str, Any]:
+        """The trainer's ``drift_perturbation_kwargs`` of an embedding family."""
+        kwargs = {"levels": self.levels, "accuracy_drop": self.accuracy_drop, "seed": self.seed}
+        if self.strengths is not None:
+            kwargs["strengths"] = list(self.strengths)
+        if self.family is DriftFamily.GRADIENT:
+            kwargs["steps"] = self.steps
+        return kwargs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -854,12 +950,24 @@ class Recipe(_Section):
             "posthoc": [*method.posthoc, *(f"{c}{DRIFT_SUFFIX}={c}" for c in method.drift_posthoc)],
             "posthoc_kwargs": method.posthoc_kwargs,
             "drift_variants": list(method.drift_variants),
+            **self._drift_perturbation(method),
             "in_domain_set": self.data.test.name,  # roles recorded with a saved model
             "ood_sets": [s.name for s in self.data.shifted],
             "ood_score": self.ood_score.value,
         }
         (args,) = parse_config(config, [CalibrationArguments])
         return args
+
+    def _drift_perturbation(self, method: Method) -> dict[str, Any]:
+        """The trainer's embedding perturbation for a method with drift-aware variants, when
+        ``data.calibration.drift`` names an embedding family (none for text corruptions)."""
+        drift = None if self.data.calibration is None else self.data.calibration.drift
+        if not method.drift_posthoc or drift is None or drift.is_text:
+            return {}
+        return {
+            "drift_perturbation": drift.family.value,
+            "drift_perturbation_kwargs": drift.perturbation_kwargs(),
+        }
 
 
 def load_recipe(path: str | os.PathLike[str], training: Mapping[str, Any] | None = None) -> Recipe:

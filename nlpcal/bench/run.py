@@ -158,8 +158,9 @@ def _load_data(recipe: Recipe) -> _Data:
     if recipe.trains:
         train = subsample(train, slicing.max_train_samples, seed)
     drift = []
-    if any(m.drift_posthoc for m in recipe.methods):  # perturbed copies of the calibration rows
-        ladder = data.calibration.drift or DriftSpec()
+    ladder = (data.calibration.drift if data.calibration is not None else None) or DriftSpec()
+    if any(m.drift_posthoc for m in recipe.methods) and ladder.is_text:
+        # Text-corrupted copies of the calibration rows; the trainer perturbs embeddings itself.
         drift = [
             corrupt_dataset(calibration, ladder.corruption, severity, ladder.seed)
             for severity in ladder.severities
@@ -323,6 +324,11 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
             "seed": seed,
             "metrics": metrics,
             **({} if selection is None else {"calibration_split": selection}),
+            **(
+                {}
+                if trainer.drift_schedule is None
+                else {"drift_schedule": trainer.drift_schedule.to_dict()}
+            ),
             "train": train_log,
             "seconds": round(time.time() - start, 1),
             "device": device_name(trainer.args.device),

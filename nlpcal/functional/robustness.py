@@ -17,6 +17,7 @@ from torch import Tensor
 
 __all__ = [
     "AttackNorm",
+    "accuracy_ladder",
     "ascent_step",
     "bisect_radius",
     "embedding_scale",
@@ -177,3 +178,14 @@ def bisect_radius(low: Tensor, high: Tensor, flipped: Tensor) -> tuple[Tensor, T
     """
     mid = (low + high) / 2
     return torch.where(flipped, low, mid), torch.where(flipped, mid, high)
+
+
+def accuracy_ladder(clean: float, chance: float, levels: int, drop: float) -> Tensor:
+    """Target accuracies of ``levels`` perturbation strengths, ``(levels,)``: falling in equal
+    steps from ``clean`` to ``clean − drop · (clean − chance)`` (``drop = 1``: chance).
+
+    >>> accuracy_ladder(0.9, 0.5, 4, 1.0)
+    tensor([0.8000, 0.7000, 0.6000, 0.5000])
+    """
+    fractions = torch.arange(1, levels + 1, dtype=torch.float64) / levels
+    return (clean - drop * (clean - chance) * fractions).float()

@@ -1,7 +1,10 @@
-"""Robustness of examples to perturbations of their input embeddings (AR-AdaLS, evaluation)."""
+"""Robustness of examples to perturbations of their input embeddings (AR-AdaLS, evaluation), and
+perturbed copies of held-out data for drift-aware post-hoc fitting."""
 
 from nlpcal.functional.robustness import AttackNorm
+from nlpcal.robustness.drift import DriftSchedule, EmbeddingDrift
 from nlpcal.robustness.embedding import (
+    EmbeddingPerturbation,
     RobustnessMode,
     attack_accuracy,
     check_robustness_options,
@@ -9,14 +12,25 @@ from nlpcal.robustness.embedding import (
     flip_radius,
     margin_radius,
     noise_accuracy,
+    perturbed_outputs,
     pgd_flips,
 )
-from nlpcal.robustness.measure import DatasetRobustness, accuracy_under_attack, measure_robustness
+from nlpcal.robustness.measure import (
+    DatasetRobustness,
+    PerturbedPredictions,
+    accuracy_under_attack,
+    measure_robustness,
+    perturb_dataset,
+)
 from nlpcal.robustness.report import robustness_strata, strata_figure, strata_markdown
 
 __all__ = [
     "AttackNorm",
     "DatasetRobustness",
+    "DriftSchedule",
+    "EmbeddingDrift",
+    "EmbeddingPerturbation",
+    "PerturbedPredictions",
     "RobustnessMode",
     "accuracy_under_attack",
     "attack_accuracy",
@@ -26,6 +40,8 @@ __all__ = [
     "margin_radius",
     "measure_robustness",
     "noise_accuracy",
+    "perturb_dataset",
+    "perturbed_outputs",
     "pgd_flips",
     "robustness_strata",
     "strata_figure",

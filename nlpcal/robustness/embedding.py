@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from typing import Any
@@ -44,6 +44,7 @@ from nlpcal.losses._modules import unwrap_model
 from nlpcal.losses.sites import model_sites
 
 __all__ = [
+    "EmbeddingPerturbation",
     "RobustnessMode",
     "attack_accuracy",
     "check_robustness_options",
@@ -51,6 +52,7 @@ __all__ = [
     "flip_radius",
     "margin_radius",
     "noise_accuracy",
+    "perturbed_outputs",
     "pgd_flips",
 ]
 
@@ -61,6 +63,14 @@ class RobustnessMode(str, Enum):
     MARGIN = "margin"
     NOISE = "noise"
     PGD = "pgd"
+
+
+class EmbeddingPerturbation(str, Enum):
+    """How :func:`perturbed_outputs` perturbs the input embeddings: Gaussian noise, or
+    signed-gradient (FGSM / PGD) steps against the clean prediction."""
+
+    GAUSSIAN = "gaussian"
+    GRADIENT = "gradient"
 
 
 def _check_budget(name: str, value: float) -> float:
@@ -81,7 +91,7 @@ class _Embedded:
 
     def __init__(self, model: nn.Module, inputs: Mapping[str, Any]) -> None:
         self.model = unwrap_model(model)
-        sites = model_sites(self.model)
+        self.sites = sites = model_sites(self.model)
         sites.check_input()
         if sites.input_key not in inputs:
             raise ValueError(
@@ -100,8 +110,15 @@ class _Embedded:
             self.rest[self.view.mask_key] = self.mask
 
     def logits(self, delta: Tensor | None = None) -> Tensor:
+        return self.outputs(delta)[0]
+
+    def outputs(self, delta: Tensor | None = None, features: bool = False) -> tuple[Tensor, Any]:
+        """The logits of the perturbed batch and, with ``features``, its first-token features
+        (the last hidden state at position 0, as the trainer collects them), else ``None``."""
         embeds = self.embeds if delta is None else self.embeds + delta
-        return self.model(**self.view.model_inputs(embeds.to(self.dtype), self.rest)).logits.float()
+        hidden = {"output_hidden_states": True} if features else {}
+        out = self.model(**self.view.model_inputs(embeds.to(self.dtype), self.rest), **hidden)
+        return out.logits.float(), self.sites.features(out).float() if features else None
 
     def repeated(self, copies: int) -> _Embedded:
         """The batch ``copies`` times over (copy ``c`` of example ``i`` is row ``c·B + i``)."""
@@ -201,21 +218,29 @@ def noise_accuracy(
         _, target, _ = _target_and_wrong(batch, None)
         if labels is not None:
             target = labels.to(target.device)
-        scale = batch.scale(AttackNorm.LINF).view(-1, 1, 1) * sigma
         many = batch.repeated(copies)
-        noise = torch.randn(
-            many.embeds.shape, generator=generator, device=many.embeds.device
-        ) * scale.repeat(copies, 1, 1)
-        noise = noise * many.mask.unsqueeze(-1).to(noise.dtype)
-        predicted = many.logits(noise).argmax(dim=1).view(copies, -1)
+        predicted = many.logits(_gaussian(many, sigma, generator)).argmax(dim=1).view(copies, -1)
     return (predicted == target.unsqueeze(0)).float().mean(dim=0)
 
 
-def _pgd(batch: _Embedded, target: Tensor, radius: Tensor, norm: AttackNorm, steps: int) -> Tensor:
-    """Whether PGD within the relative ``radius`` (``(B,)``) makes the prediction leave ``target``.
+def _gaussian(batch: _Embedded, sigma: float | Tensor, generator: torch.Generator | None) -> Tensor:
+    """Gaussian noise of standard deviation ``sigma · rms(e)`` (one ``sigma``, or one per row) on
+    every entry of the real tokens' embeddings, zero on padding."""
+    scale = batch.scale(AttackNorm.LINF) * sigma
+    noise = torch.randn(batch.embeds.shape, generator=generator, device=batch.embeds.device)
+    noise = noise * scale.view(-1, 1, 1)
+    return noise * batch.mask.unsqueeze(-1).to(noise.dtype)
+
+
+def _pgd(
+    batch: _Embedded, target: Tensor, radius: Tensor, norm: AttackNorm, steps: int
+) -> tuple[Tensor, Tensor]:
+    """PGD within the relative ``radius`` (``(B,)``) against the prediction ``target``: whether it
+    makes the prediction leave ``target``, and the last perturbation ``δ``.
 
     Steps of length ``2.5 · radius / steps`` (Madry et al.) descend the margin from ``δ = 0``;
-    an example counts as flipped if any iterate flips it.
+    an example counts as flipped if any iterate flips it. One step under L∞ is FGSM: the
+    signed-gradient step of length ``radius``.
     """
     budget = radius * batch.scale(norm)
     step = 2.5 * budget / steps
@@ -231,7 +256,7 @@ def _pgd(batch: _Embedded, target: Tensor, radius: Tensor, norm: AttackNorm, ste
         )
     with torch.no_grad():
         flipped |= prediction_margin(batch.logits(delta), target) < 0
-    return flipped
+    return flipped, delta
 
 
 def pgd_flips(
@@ -258,7 +283,7 @@ def pgd_flips(
         batch = _Embedded(model, inputs)
         _, target, _ = _target_and_wrong(batch, None)
         radius = radius.to(batch.embeds.device).float().expand(target.shape[0])
-        return _pgd(batch, target, radius, norm, steps)
+        return _pgd(batch, target, radius, norm, steps)[0]
 
 
 def flip_radius(
@@ -297,7 +322,7 @@ def flip_radius(
         low = torch.full(target.shape, math.log(min_radius), device=batch.embeds.device)
         high = torch.full_like(low, math.log(max_radius))
         for _ in range(search_steps):
-            flipped = _pgd(batch, target, ((low + high) / 2).exp(), norm, pgd_steps)
+            flipped, _ = _pgd(batch, target, ((low + high) / 2).exp(), norm, pgd_steps)
             low, high = bisect_radius(low, high, flipped)
     return high.exp().masked_fill(wrong, 0.0)
 
@@ -318,6 +343,82 @@ def attack_accuracy(
         batch = _Embedded(model, inputs)
         _, _, wrong = _target_and_wrong(batch, labels)
     return ~wrong & ~pgd_flips(model, inputs, radius, norm, steps)
+
+
+def perturbed_outputs(
+    model: nn.Module,
+    inputs: Mapping[str, Any],
+    family: EmbeddingPerturbation | str,
+    strengths: Sequence[float] | Tensor,
+    generator: torch.Generator | None = None,
+    steps: int = 1,
+    norm: AttackNorm | str = AttackNorm.LINF,
+    features: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The outputs of every example with its input embeddings perturbed at each of ``S`` strengths.
+
+    ``"gaussian"``: ``δ = s · rms(e) · ζ`` with one standard-normal draw ``ζ`` per example (from
+    ``generator``) shared by all strengths, so the outputs change smoothly with ``s`` (common
+    random numbers; :func:`noise_accuracy` draws the same noise). ``"gradient"``: PGD of
+    ``steps`` steps within the relative radius ``s`` under ``norm`` descending the margin of the
+    clean prediction (:func:`pgd_flips`' attack); one step under L∞ is FGSM, the signed-gradient
+    step of length ``s · rms(e)``. The ``S`` strengths of a batch run as one batch of ``S · B``
+    sequences.
+
+    Args:
+        strengths: relative strengths ``(S,)``, each ``> 0``: the noise scale or the radius.
+        generator: a ``torch.Generator`` on the model's device, for reproducible noise.
+        features: also return the perturbed first-token features (the last hidden state at
+            position 0).
+
+    Returns:
+        The clean logits ``(B, K)``, the perturbed logits ``(S, B, K)`` and the perturbed
+        features ``(S, B, H)`` (``None`` without ``features``).
+
+    >>> from transformers import BertConfig, BertForSequenceClassification
+    >>> model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16,
+    ...     num_hidden_layers=1, num_attention_heads=2, intermediate_size=16))
+    >>> clean, noisy, _ = perturbed_outputs(model, {"input_ids": torch.tensor([[2, 7, 9]])},
+    ...                                     "gaussian", [0.1, 1.0])
+    >>> clean.shape, noisy.shape
+    (torch.Size([1, 2]), torch.Size([2, 1, 2]))
+    """
+    family = _family(family)
+    steps = _check_count("steps", steps)
+    norm = _norm(norm)
+    strengths = torch.as_tensor(strengths, dtype=torch.float32).flatten()
+    if not len(strengths) or not bool((strengths > 0).all()):
+        raise ValueError(
+            f"strengths must be a non-empty list of numbers > 0, got {strengths.tolist()}"
+        )
+    with _eval_mode(model):
+        batch = _Embedded(model, inputs)
+        clean, target, _ = _target_and_wrong(batch, None)
+        size, copies = target.shape[0], len(strengths)
+        many = batch.repeated(copies)
+        per_row = strengths.to(batch.embeds.device).repeat_interleave(size)
+        if family is EmbeddingPerturbation.GAUSSIAN:
+            with torch.no_grad():
+                delta = _gaussian(batch, 1.0, generator).repeat(copies, 1, 1)
+                delta = delta * per_row.view(-1, 1, 1)
+        else:
+            _, delta = _pgd(many, target.repeat(copies), per_row, norm, steps)
+        with torch.no_grad():
+            logits, feats = many.outputs(delta.detach(), features)
+    return (
+        clean,
+        logits.view(copies, size, -1),
+        None if feats is None else feats.view(copies, size, -1),
+    )
+
+
+def _family(family: EmbeddingPerturbation | str) -> EmbeddingPerturbation:
+    try:
+        return EmbeddingPerturbation(family)
+    except ValueError:
+        raise ValueError(
+            f"family must be one of {[f.value for f in EmbeddingPerturbation]}, got {family!r}"
+        ) from None
 
 
 _MODES: dict[RobustnessMode, Callable[..., Tensor]] = {

@@ -1,4 +1,5 @@
-"""Robustness and clean predictions of every example of a data set, through a trainer's loader."""
+"""Robustness, clean and perturbed predictions of every example of a data set, through a
+trainer's loader."""
 
 from __future__ import annotations
 
@@ -10,9 +11,21 @@ import torch
 from torch import Tensor
 
 from nlpcal.functional.robustness import AttackNorm
-from nlpcal.robustness.embedding import RobustnessMode, attack_accuracy, example_robustness
+from nlpcal.robustness.embedding import (
+    EmbeddingPerturbation,
+    RobustnessMode,
+    attack_accuracy,
+    example_robustness,
+    perturbed_outputs,
+)
 
-__all__ = ["DatasetRobustness", "accuracy_under_attack", "measure_robustness"]
+__all__ = [
+    "DatasetRobustness",
+    "PerturbedPredictions",
+    "accuracy_under_attack",
+    "measure_robustness",
+    "perturb_dataset",
+]
 
 
 @dataclass
@@ -140,3 +153,82 @@ def accuracy_under_attack(
     finally:
         model.train(was_training)
     return torch.cat(rows).cpu().bool()
+
+
+@dataclass
+class PerturbedPredictions:
+    """Raw outputs of a data set with its input embeddings perturbed at ``S`` strengths, on the CPU.
+
+    Attributes:
+        clean: the clean logits ``(n, K)``.
+        logits: the perturbed logits ``(S, n, K)``, strength by strength.
+        labels: the labels ``(n,)``.
+        features: the perturbed first-token features ``(S, n, H)``, or ``None`` if not asked for.
+    """
+
+    clean: Tensor
+    logits: Tensor
+    labels: Tensor
+    features: Tensor | None
+
+    def accuracy(self) -> tuple[float, Tensor]:
+        """The clean accuracy and the accuracy at each strength ``(S,)``."""
+        clean = (self.clean.argmax(-1) == self.labels).float().mean()
+        perturbed = (self.logits.argmax(-1) == self.labels).float().mean(dim=-1)
+        return float(clean), perturbed
+
+
+def perturb_dataset(
+    trainer: Any,
+    dataset: Any,
+    family: EmbeddingPerturbation | str,
+    strengths: Sequence[float] | Tensor,
+    seed: int = 0,
+    features: bool = False,
+    drop: tuple[str, ...] = (),
+    **options: Any,
+) -> PerturbedPredictions:
+    """:func:`~nlpcal.robustness.perturbed_outputs` on every example of a labelled ``dataset``,
+    at every strength, in one pass of ``trainer.get_eval_dataloader(dataset)``.
+
+    As :func:`measure_robustness`: gathered over processes in dataset order, the model in eval
+    mode and put back in its mode afterwards. The noise comes from one generator on the model's
+    device seeded with ``seed`` and drawn batch after batch, so a pass is deterministic under a
+    seed for a given eval batch size, and two passes at different strengths perturb each example
+    in the same direction.
+
+    Args:
+        options: ``steps`` and ``norm`` of the gradient family.
+        drop: batch keys that are not model inputs (beyond ``labels``).
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    parts: list[tuple[Tensor, ...]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in trainer.get_eval_dataloader(dataset):
+            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            labels = batch.get("labels")
+            if labels is None:
+                raise ValueError(f"perturbing a data set needs labels; batch keys {sorted(batch)}")
+            inputs = {k: v for k, v in batch.items() if k not in ("labels", *drop)}
+            clean, logits, feats = perturbed_outputs(
+                model, inputs, family, strengths, generator, features=features, **options
+            )
+            part = (clean, logits.transpose(0, 1), labels)  # example-major, for the gather
+            if feats is not None:
+                part += (feats.transpose(0, 1),)
+            parts.append(trainer.accelerator.gather_for_metrics(part))
+    finally:
+        model.train(was_training)
+    if not parts:
+        raise ValueError("cannot perturb an empty data set")
+    columns = [torch.cat(c).cpu() for c in zip(*parts, strict=True)]
+    return PerturbedPredictions(
+        clean=columns[0].float(),
+        logits=columns[1].transpose(0, 1).float(),
+        labels=columns[2].long(),
+        features=columns[3].transpose(0, 1).float() if features else None,
+    )
