@@ -3,7 +3,8 @@ trainer's loader."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,32 @@ __all__ = [
     "measure_robustness",
     "perturb_dataset",
 ]
+
+
+@contextmanager
+def _labelled_batches(
+    trainer: Any, dataset: Any, what: str, drop: tuple[str, ...] = ()
+) -> Iterator[tuple[Any, Any]]:
+    """The unwrapped model, in eval mode until the block ends (then put back in its mode), and
+    an iterator over ``(inputs, labels)`` of each batch of ``trainer.get_eval_dataloader(dataset)``
+    on the model's device; ``inputs`` without ``labels`` and the ``drop`` keys."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    device = next(model.parameters()).device
+
+    def batches() -> Iterator[tuple[dict[str, Any], Tensor]]:
+        for batch in trainer.get_eval_dataloader(dataset):
+            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            labels = batch.get("labels")
+            if labels is None:
+                raise ValueError(f"{what} needs labels; batch keys {sorted(batch)}")
+            yield {k: v for k, v in batch.items() if k not in ("labels", *drop)}, labels
+
+    was_training = model.training
+    model.eval()
+    try:
+        yield model, batches()
+    finally:
+        model.train(was_training)
 
 
 @dataclass
@@ -69,28 +96,18 @@ def measure_robustness(
         drop: batch keys that are not model inputs (beyond ``labels``).
         **options: options of the measure (see :func:`~nlpcal.robustness.example_robustness`).
     """
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    device = next(model.parameters()).device
-    if RobustnessMode(mode) is RobustnessMode.NOISE and seed is not None:
-        options["generator"] = torch.Generator(device=device).manual_seed(seed)
     rows: list[Tensor] = []
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in trainer.get_eval_dataloader(dataset):
-            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            labels = batch.get("labels")
-            if labels is None:
-                raise ValueError(f"measuring robustness needs labels; batch keys {sorted(batch)}")
-            inputs = {k: v for k, v in batch.items() if k not in ("labels", *drop)}
+    with _labelled_batches(trainer, dataset, "measuring robustness", drop) as (model, batches):
+        if RobustnessMode(mode) is RobustnessMode.NOISE and seed is not None:
+            device = next(model.parameters()).device
+            options["generator"] = torch.Generator(device=device).manual_seed(seed)
+        for inputs, labels in batches:
             columns = [example_robustness(model, inputs, labels, mode, **options).float()[:, None]]
             columns.append(labels.float()[:, None])
             if probs:
                 with torch.no_grad():
                     columns.append(model(**inputs).logits.float().softmax(dim=-1))
             rows.append(trainer.accelerator.gather_for_metrics(torch.cat(columns, dim=1)))
-    finally:
-        model.train(was_training)
     table = torch.cat(rows).cpu()
     values = table[:, 0]
     if not bool(torch.isfinite(values).all()):
@@ -129,18 +146,9 @@ def accuracy_under_attack(
     budgets = [float(b) for b in budgets]
     if not budgets or any(not b >= 0 for b in budgets):
         raise ValueError(f"budgets must be a non-empty list of numbers >= 0, got {budgets}")
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    device = next(model.parameters()).device
     rows: list[Tensor] = []
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in trainer.get_eval_dataloader(dataset):
-            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            labels = batch.get("labels")
-            if labels is None:
-                raise ValueError(f"accuracy under attack needs labels; batch keys {sorted(batch)}")
-            inputs = {k: v for k, v in batch.items() if k not in ("labels", *drop)}
+    with _labelled_batches(trainer, dataset, "accuracy under attack", drop) as (model, batches):
+        for inputs, labels in batches:
             columns = []
             for budget in budgets:
                 if budget == 0:
@@ -150,8 +158,6 @@ def accuracy_under_attack(
                     right = attack_accuracy(model, inputs, labels, budget, norm, steps)
                 columns.append(right.float())
             rows.append(trainer.accelerator.gather_for_metrics(torch.stack(columns, dim=1)))
-    finally:
-        model.train(was_training)
     return torch.cat(rows).cpu().bool()
 
 
@@ -201,19 +207,10 @@ def perturb_dataset(
         options: ``steps`` and ``norm`` of the gradient family.
         drop: batch keys that are not model inputs (beyond ``labels``).
     """
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
     parts: list[tuple[Tensor, ...]] = []
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in trainer.get_eval_dataloader(dataset):
-            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            labels = batch.get("labels")
-            if labels is None:
-                raise ValueError(f"perturbing a data set needs labels; batch keys {sorted(batch)}")
-            inputs = {k: v for k, v in batch.items() if k not in ("labels", *drop)}
+    with _labelled_batches(trainer, dataset, "perturbing a data set", drop) as (model, batches):
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+        for inputs, labels in batches:
             clean, logits, feats = perturbed_outputs(
                 model, inputs, family, strengths, generator, features=features, **options
             )
@@ -221,8 +218,6 @@ def perturb_dataset(
             if feats is not None:
                 part += (feats.transpose(0, 1),)
             parts.append(trainer.accelerator.gather_for_metrics(part))
-    finally:
-        model.train(was_training)
     if not parts:
         raise ValueError("cannot perturb an empty data set")
     columns = [torch.cat(c).cpu() for c in zip(*parts, strict=True)]
