@@ -10,7 +10,9 @@ diagnostics.
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +49,8 @@ from nlpcal.losses import EXAMPLE_INDEX, CalibrationLoss, LossContext, create_lo
 from nlpcal.losses.sites import model_sites
 from nlpcal.posthoc import Calibrator, calibrator_class, create_calibrator
 from nlpcal.robustness.drift import DriftSchedule, EmbeddingDrift
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CalibratedTrainer", "Predictions", "VariantOutput"]
 
@@ -665,12 +669,7 @@ class CalibratedTrainer(Trainer):
             dataset = dataset.select(order)
         self._collect_features = features
         try:
-            output = self.evaluation_loop(
-                self.get_eval_dataloader(dataset),
-                description=f"Predicting {name}",
-                prediction_loss_only=False,
-                metric_key_prefix=name,
-            )
+            output = self._evaluation_output(dataset, name)
         finally:
             self._collect_features = False
         raw, feats = output.predictions if features else (output.predictions, None)
@@ -699,6 +698,34 @@ class CalibratedTrainer(Trainer):
             labels=None if preds.labels is None else preds.labels[inverse],
             features=None if preds.features is None else preds.features[inverse],
         )
+
+    def _evaluation_output(self, dataset: Any, name: str) -> Any:
+        """The evaluation loop over ``dataset``; out of memory, the eval batch size is halved
+        (and kept) until a batch fits."""
+        from accelerate.utils.memory import should_reduce_batch_size
+
+        while True:
+            try:
+                return self.evaluation_loop(
+                    self.get_eval_dataloader(dataset),
+                    description=f"Predicting {name}",
+                    prediction_loss_only=False,
+                    metric_key_prefix=name,
+                )
+            except Exception as err:
+                size = self.args.per_device_eval_batch_size
+                if size <= 1 or not should_reduce_batch_size(err):
+                    raise
+                self.args.per_device_eval_batch_size = size // 2
+                logger.warning(
+                    "out of memory predicting %s %d examples a batch: trying %d",
+                    name,
+                    size,
+                    size // 2,
+                )
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
 
     def prediction_step(
         self,

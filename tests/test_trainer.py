@@ -605,3 +605,34 @@ def test_embedding_perturbation_and_drift_datasets_exclude_each_other(tmp_path):
     trainer = CalibratedTrainer(tiny_model("bert"), args)
     with pytest.raises(ValueError, match="give one or the other"):
         trainer.calibrate(dev, drift_datasets=[dev])
+
+
+def test_prediction_out_of_memory_halves_the_eval_batch_until_it_fits(tmp_path, monkeypatch):
+    """Out of memory, predictions are retried with half the eval batch (kept for later sets)."""
+    trainer = CalibratedTrainer(
+        tiny_model("bert"), make_args(tmp_path, posthoc="none", per_device_eval_batch_size=16)
+    )
+    data = signal_dataset(40, seed=1)
+    expected = trainer.predictions(data)
+    loop = trainer.evaluation_loop
+    sizes = []
+
+    def small_memory(dataloader, *args, **kwargs):
+        sizes.append(len(next(iter(dataloader))["labels"]))
+        if sizes[-1] > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return loop(dataloader, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluation_loop", small_memory)
+    preds = trainer.predictions(data)
+    assert sizes == [16, 8, 4] and trainer.args.per_device_eval_batch_size == 4
+    assert torch.allclose(preds.logits, expected.logits, atol=1e-5)
+    assert torch.equal(preds.labels, expected.labels)
+
+    def broken(dataloader, *args, **kwargs):
+        raise RuntimeError("a bug, not memory")
+
+    monkeypatch.setattr(trainer, "evaluation_loop", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        trainer.predictions(data)
+    assert trainer.args.per_device_eval_batch_size == 4
