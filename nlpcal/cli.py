@@ -72,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench.add_argument("--recipe", required=True, help="recipes/<name>.yaml")
     bench.add_argument("--output-dir", help="the run folder (default: outputs/bench/<recipe name>)")
+    bench.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="NAME",
+        help="run (or, when finished, report) only these methods of the recipe; the others can "
+        "follow in the same folder",
+    )
     demo = sub.add_parser("demo", help="the embedded default benchmark, offline on CPU")
     demo.add_argument(
         "--loss", help="run this loss (see `nlpcal list`) instead of the demo's methods"
@@ -225,7 +232,8 @@ def _run(args: argparse.Namespace, rest: list[str]) -> None:
             output_dir = args.output_dir or f"{DEMO_OUTPUT_DIR}_{args.loss}"
     from nlpcal.bench.report import headline
 
-    results = run_bench(recipe, output_dir, resume=args.resume)
+    methods = getattr(args, "methods", None)
+    results = run_bench(recipe, output_dir, resume=args.resume, methods=methods)
     report = Path(output_dir) / "results.md"
     print(f"\n{headline(results)}\nFull report: {report} (and report.html beside it)\n")
     print(report.read_text())

@@ -251,6 +251,27 @@ def test_resume_retrains_only_the_missing_cell(finished, model_dir, tmp_path, co
     assert _flat(json.loads(missing.read_text())["metrics"]) == pytest.approx(_flat(old["metrics"]))
 
 
+def test_bench_methods_reports_part_of_a_recipe_then_the_rest_follows(
+    finished, model_dir, tmp_path, count_training
+):
+    """`nlpcal bench --methods`: the finished cells of some methods reported without training;
+    the whole recipe then resumes in the same folder."""
+    from nlpcal.cli import main
+
+    out = _copy(finished[0], tmp_path)
+    shutil.rmtree(out / "cells" / "ce")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(model_dir)))
+    assert main(["bench", "--recipe", str(path), "--output-dir", str(out), "--methods", "ls"]) == 0
+    assert count_training == []
+    results = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in results["rows"]} == {"ls"}
+    assert main(["bench", "--recipe", str(path), "--output-dir", str(out)]) == 0
+    assert count_training == [("cross_entropy", 0), ("cross_entropy", 1)]
+    with pytest.raises(SystemExit):
+        main(["bench", "--recipe", str(path), "--output-dir", str(out), "--methods", "focal"])
+
+
 def test_an_interrupted_run_resumes_where_it_stopped(
     model_dir, tmp_path, monkeypatch, count_training
 ):

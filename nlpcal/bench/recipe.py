@@ -80,6 +80,7 @@ __all__ = [
     "recipe_keys",
     "recipe_reference",
     "single_cell",
+    "some_methods",
 ]
 
 NONE = "none"
@@ -1009,6 +1010,22 @@ def single_cell(recipe: Recipe, method: str | None = None, seed: int | None = No
         seeds=(recipe.seeds[0] if seed is None else _convert(int, seed, "seed", {"min": 0}),),
         save_model=recipe.save_model is not False,
     )
+
+
+def some_methods(recipe: Recipe, names: Sequence[str]) -> Recipe:
+    """The recipe reduced to the methods ``names``, in the recipe's order (``nlpcal bench
+    --methods``: run or report part of a recipe; the rest can follow in the same folder).
+
+    >>> [m.name for m in some_methods(demo_recipe(), ["label_smoothing"]).methods]
+    ['label_smoothing']
+    """
+    unknown = [n for n in names if n not in {m.name for m in recipe.methods}]
+    if unknown or not names:
+        raise ValueError(
+            f"recipe {recipe.name!r} has no methods {unknown}; it has "
+            f"{[m.name for m in recipe.methods]}"
+        )
+    return replace(recipe, methods=tuple(m for m in recipe.methods if m.name in names))
 
 
 def demo_recipe() -> Recipe:

@@ -24,7 +24,7 @@ import numpy as np
 from nlpcal.adapters.timm import is_timm_name, timm_classifier_for
 from nlpcal.args import CalibrationArguments
 from nlpcal.bench.collect import set_metrics, shift_metrics, write_results
-from nlpcal.bench.recipe import NONE, SAVED_PREFIX, DriftSpec, Method, Recipe
+from nlpcal.bench.recipe import NONE, SAVED_PREFIX, DriftSpec, Method, Recipe, some_methods
 from nlpcal.bench.store import (
     EXPLAIN_NAME,
     MODEL_DIR,
@@ -65,7 +65,10 @@ _PICKLED_WEIGHTS = ["pytorch_model*.bin"]
 
 
 def run_bench(
-    recipe: Recipe, output_dir: str | os.PathLike[str], resume: bool = True
+    recipe: Recipe,
+    output_dir: str | os.PathLike[str],
+    resume: bool = True,
+    methods: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run every cell of ``recipe`` that is not finished, then write the report.
 
@@ -74,6 +77,8 @@ def run_bench(
         output_dir: the run folder (see :mod:`nlpcal.bench.store`).
         resume: keep the finished cells of an earlier run of the same recipe (it may have gained
             methods or seeds since). ``False`` deletes the folder's cells and starts over.
+        methods: run and report only these methods of the recipe (default: all); the folder
+            keeps the whole recipe, so the others can follow.
 
     Returns:
         The content of ``results.json``: the recipe, the environment, every cell's metrics and
@@ -83,6 +88,7 @@ def run_bench(
         ValueError: on resume, the folder holds a run of a recipe that differs in more than added
             methods or seeds; or bad data (unknown source, empty split).
     """
+    part = some_methods(recipe, methods) if methods else recipe
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if resume:
@@ -90,6 +96,7 @@ def run_bench(
     else:
         shutil.rmtree(out / "cells", ignore_errors=True)
     write_recipe(recipe, out)
+    recipe = part
     cells = [(method, seed) for method in recipe.methods for seed in recipe.seeds]
     data = None
     for index, (method, seed) in enumerate(cells, 1):
