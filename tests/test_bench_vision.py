@@ -68,3 +68,44 @@ def test_image_recipe_errors_are_named() -> None:
         match=r"unknown corrupt\.corruption 'fog'; available for texts: .*for images: brightness",
     ):
         Recipe.from_dict(bad)
+
+
+def test_augmix_augments_exactly_the_training_batches(tmp_path, monkeypatch) -> None:
+    """A method with augmix trains on augmented batches (one AugMix call per batch, seeded by
+    the cell); calibration and evaluation read the clean images."""
+    from nlpcal.data.augmix import AugMix
+
+    calls: list[tuple[int, int]] = []
+    original = AugMix.__call__
+
+    def counted(self, pixels):
+        calls.append((self.seed, len(pixels)))
+        return original(self, pixels)
+
+    monkeypatch.setattr(AugMix, "__call__", counted)
+    method = {
+        "name": "augmix",
+        "calibration_loss": "cross_entropy",
+        "posthoc": ["temperature"],
+        "augmix": {"severity": 2},
+    }
+    recipe = Recipe.from_dict(image_recipe(methods=[method], seeds=[1]))
+    run_bench(recipe, tmp_path)
+    assert [n for _, n in calls] == [32] * 9 + [12]  # 300 training rows in batches of 32
+    assert {seed for seed, _ in calls} == {1}
+    stored = Recipe.from_dict(recipe.to_dict())
+    assert stored.methods[0].augmix == {"severity": 2}
+
+
+def test_augmix_errors_are_named() -> None:
+    method = {"name": "augmix", "calibration_loss": "cross_entropy", "augmix": {"width": 0}}
+    with pytest.raises(ValueError, match=r"method 'augmix': bad augmix arguments: AugMix width"):
+        Recipe.from_dict(image_recipe(methods=[method]))
+    method["augmix"] = {"chains": 3}
+    with pytest.raises(ValueError, match=r"bad augmix arguments: .*unexpected keyword.*'chains'"):
+        Recipe.from_dict(image_recipe(methods=[method]))
+    method["augmix"] = {}
+    with pytest.raises(ValueError, match=r"set augmix, which augments images; sentence-"):
+        Recipe.from_dict(image_recipe(methods=[method], model="sentence-transformers/x"))
+    with pytest.raises(ValueError, match=r"augmix augments the training images; it needs train"):
+        Recipe.from_dict(image_recipe(methods=[{**method, "train": False}]))

@@ -38,6 +38,7 @@ from nlpcal.bench.store import (
     write_recipe,
 )
 from nlpcal.data import LabelMap, align_labels, corrupt_dataset, model_label_names
+from nlpcal.data.augmix import AugMix, augmix_dataset
 from nlpcal.data.prepare import (
     length_order,
     load_tokenizer,
@@ -268,8 +269,11 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
     args = recipe.training_arguments(method, seed, folder)
     drift = data.drift if method.drift_posthoc else None
     if method.train:
+        train = data.train
+        if method.augmix is not None:  # a fresh augmentation of each batch as it is read
+            train = augmix_dataset(train, AugMix(**{"seed": seed, **method.augmix}))
         trainer = train_calibrated(
-            recipe.model, args, data.train, data.calibration, data.tokenizer, drift_datasets=drift
+            recipe.model, args, train, data.calibration, data.tokenizer, drift_datasets=drift
         )
     else:
         trainer = calibrate_pretrained(
