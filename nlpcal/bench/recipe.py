@@ -694,8 +694,9 @@ class Method(_Section):
         default=True,
         metadata={
             "help": "false: take the recipe's model as it is (a classifier fine-tuned "
-            "elsewhere): no training, only post-hoc calibration and evaluation; "
-            "`calibration_loss` then says how its outputs are read (cross_entropy: softmax)."
+            "elsewhere, or the folder of an image model saved by nlpcal): no training, only "
+            "post-hoc calibration and evaluation; `calibration_loss` then says how its outputs "
+            "are read (cross_entropy: softmax)."
         },
     )
     saved_posthoc: tuple[str, ...] = field(
