@@ -982,6 +982,8 @@ def _check_dataset_labels(dataset: Any, what: str, config: Any, required: bool =
         )
     if n_names is not None:
         _check_label_names(feature.names, config, what)
+    if hasattr(dataset, "with_format"):  # the stored labels, not through a transform (AugMix)
+        dataset = dataset.with_format(None)
     labels = np.asarray(dataset[column])
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{what}: '{column}' must hold integer class indices, got {labels.dtype}")

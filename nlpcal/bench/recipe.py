@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 from nlpcal.args import CalibrationArguments, parse_config, posthoc_variants, read_config
 from nlpcal.data import LABEL_NAMES, Corruption, Task, list_corruptions, load_source
+from nlpcal.data.augmix import AugMix
 from nlpcal.data.prepare import DEFAULT_MODEL
 from nlpcal.functional.predictive import PredictiveOOD
 from nlpcal.functional.robustness import AttackNorm
@@ -655,7 +656,7 @@ class Method(_Section):
     it, as the trainer's `posthoc` and `posthoc_kwargs` (:func:`~nlpcal.args.posthoc_variants`).
 
     >>> Method.from_dict({"calibration_loss": "label_smoothing", "loss_kwargs": {"alpha": 0.1}})
-    Method(name='label_smoothing', calibration_loss='label_smoothing', loss_kwargs={'alpha': 0.1}, posthoc=('temperature',), posthoc_kwargs={}, drift_posthoc=(), train=True, saved_posthoc=())
+    Method(name='label_smoothing', calibration_loss='label_smoothing', loss_kwargs={'alpha': 0.1}, posthoc=('temperature',), posthoc_kwargs={}, drift_posthoc=(), train=True, saved_posthoc=(), augmix=None)
     >>> Method.from_dict({"calibration_loss": "ova", "posthoc": ["auto", "t=temperature"]}).variants
     ('none', 'exponential', 't')
     """
@@ -694,8 +695,9 @@ class Method(_Section):
         default=True,
         metadata={
             "help": "false: take the recipe's model as it is (a classifier fine-tuned "
-            "elsewhere): no training, only post-hoc calibration and evaluation; "
-            "`calibration_loss` then says how its outputs are read (cross_entropy: softmax)."
+            "elsewhere, or the folder of an image model saved by nlpcal): no training, only "
+            "post-hoc calibration and evaluation; `calibration_loss` then says how its outputs "
+            "are read (cross_entropy: softmax)."
         },
     )
     saved_posthoc: tuple[str, ...] = field(
@@ -707,9 +709,27 @@ class Method(_Section):
         },
     )
 
+    augmix: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "Image models: AugMix on the training images, drawn afresh for every batch "
+            "(nlpcal.data.augmix.AugMix): its arguments (severity, width, depth, alpha, ops; "
+            "the seed is the cell's unless given), `{}` for the paper's defaults."
+        },
+    )
+
     def __post_init__(self) -> None:
         loss_name = self.calibration_loss
         name = _check_name(self.name or loss_name, "method")
+        if self.augmix is not None:
+            if not self.train:
+                raise ValueError(
+                    f"method {name!r}: augmix augments the training images; it needs train: true"
+                )
+            try:
+                AugMix(**self.augmix)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"method {name!r}: bad augmix arguments: {err}") from None
         try:
             loss = create_loss(loss_name, **self.loss_kwargs)
         except TypeError as err:
@@ -893,6 +913,12 @@ class Recipe(_Section):
             )
         if self.robustness is not None:
             self._check_attacked_sets(self.robustness.sets or ())
+        augmented = [m.name for m in self.methods if m.augmix is not None]
+        if augmented and not self.model.startswith("timm:"):
+            raise ValueError(
+                f"the methods {augmented} set augmix, which augments images; {self.model} is a "
+                "text model (image models are timm:NAME)"
+            )
         if self.explain is not None and self.model.startswith("timm:"):
             raise ValueError(
                 f"explain shows token heat maps of text models; {self.model} is an image model"

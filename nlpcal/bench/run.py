@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nlpcal.adapters.timm import is_timm_name, timm_classifier_for
+from nlpcal.adapters.timm import (
+    TimmClassifierConfig,
+    TimmForImageClassification,
+    is_timm_name,
+    timm_classifier_for,
+)
 from nlpcal.args import CalibrationArguments
 from nlpcal.bench.collect import set_metrics, shift_metrics, write_results
 from nlpcal.bench.recipe import NONE, SAVED_PREFIX, DriftSpec, Method, Recipe, some_methods
@@ -38,6 +43,7 @@ from nlpcal.bench.store import (
     write_recipe,
 )
 from nlpcal.data import LabelMap, align_labels, corrupt_dataset, model_label_names
+from nlpcal.data.augmix import AugMix, augmix_dataset
 from nlpcal.data.prepare import (
     length_order,
     load_tokenizer,
@@ -142,14 +148,22 @@ def _load_data(recipe: Recipe) -> _Data:
     if is_timm_name(recipe.model) and not recipe.trains:
         raise ValueError(
             f"model {recipe.model!r} is built from timm untrained: its methods must train "
-            "(train: false takes a fine-tuned classifier as it is)"
+            "(train: false takes a fine-tuned classifier as it is, e.g. the folder of an image "
+            "model saved by nlpcal)"
         )
     if recipe.trains:
         full = data.train.load(recipe.task, data_dir, recipe.labels, "data.train")
         names = full.features["label"].names
+        images = is_timm_name(recipe.model)
     else:
         full = None if data.train is None else data.train.load(None, data_dir, None, "data.train")
-        names = model_label_names(_load_config(recipe.model))
+        config = _load_config(recipe.model)
+        names = model_label_names(config)
+        images = _is_image_config(config)
+        if images and recipe.explain is not None:
+            raise ValueError(
+                f"explain shows token heat maps of text models; {recipe.model} is an image model"
+            )
     train = full
     calibration = None
     if data.calibration is not None and data.calibration.holdout is not None:
@@ -195,7 +209,7 @@ def _load_data(recipe: Recipe) -> _Data:
             name: ds.select(range(min(recipe.explain.examples, len(ds))))
             for name, ds in sets.items()
         }
-    if is_timm_name(recipe.model):  # images: pixel_values as loaded, no tokenizer
+    if images:  # pixel_values as loaded, no tokenizer
         tokenizer = None
 
         def prepared(dataset: Dataset | None) -> Dataset | None:
@@ -275,8 +289,11 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
     args = recipe.training_arguments(method, seed, folder)
     drift = data.drift if method.drift_posthoc else None
     if method.train:
+        train = data.train
+        if method.augmix is not None:  # a fresh augmentation of each batch as it is read
+            train = augmix_dataset(train, AugMix(**{"seed": seed, **method.augmix}))
         trainer = train_calibrated(
-            recipe.model, args, data.train, data.calibration, data.tokenizer, drift_datasets=drift
+            recipe.model, args, train, data.calibration, data.tokenizer, drift_datasets=drift
         )
     else:
         trainer = calibrate_pretrained(
@@ -466,11 +483,13 @@ def calibrate_pretrained(
     tokenizer: PreTrainedTokenizerBase,
     drift_datasets: Sequence[Dataset] | None = None,
 ) -> CalibratedTrainer:
-    """Take a fine-tuned sequence classifier as it is (a folder or a Hub id) and fit the
-    post-hoc calibrators of ``args`` on ``calibration`` (none without them); no training.
+    """Take a fine-tuned sequence classifier as it is (a folder or a Hub id), or the folder of
+    an image classifier saved through :mod:`nlpcal.adapters.timm`, and fit the post-hoc
+    calibrators of ``args`` on ``calibration`` (none without them); no training.
 
-    ``calibration`` is tokenized, with labels in the model's ids
-    (``config.id2label``); ``args.calibration_loss`` says how the model's outputs are read.
+    ``calibration`` is tokenized (images: their ``pixel_values``; ``tokenizer`` is then
+    ``None``), with labels in the model's ids (``config.id2label``); ``args.calibration_loss``
+    says how the model's outputs are read.
 
     Raises:
         ValueError: the checkpoint is not a sequence classifier.
@@ -527,20 +546,29 @@ def _load_config(model_name_or_path: str) -> PretrainedConfig:
 
     config = AutoConfig.from_pretrained(_model_folder(model_name_or_path))
     architectures = list(config.architectures or [])
-    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+    if not _is_image_config(config) and not any(
+        name.endswith("ForSequenceClassification") for name in architectures
+    ):
         raise ValueError(
             f"model {model_name_or_path!r} is not a sequence classifier: its config names the "
             f"architectures {architectures or 'none'} (expected a fine-tuned "
-            "*ForSequenceClassification model; `nlpcal train` makes one from a base encoder)"
+            "*ForSequenceClassification model, or an image classifier saved through "
+            "nlpcal.adapters.timm; `nlpcal train` makes one from a base encoder or a timm: name)"
         )
     return config
+
+
+def _is_image_config(config: PretrainedConfig) -> bool:
+    """Whether a model's config is that of nlpcal's timm adapter (an image classifier)."""
+    return config.model_type == TimmClassifierConfig.model_type
 
 
 def _load_classifier(
     model_name_or_path: str, label_names: Sequence[str] | None = None
 ) -> PreTrainedModel:
     """A sequence classifier with ``label_names``, quietly when only its head is new; without
-    ``label_names``, the fine-tuned classifier as it is (which must be one).
+    ``label_names``, the fine-tuned classifier as it is (which must be one, or an image
+    classifier saved through :mod:`nlpcal.adapters.timm`).
 
     A classifier built on a base encoder gets a freshly initialised head (and drops the
     checkpoint's own pretraining head), which transformers reports on every load. That report
@@ -561,12 +589,14 @@ def _load_classifier(
         return True
 
     if label_names is None:
-        _load_config(model_name_or_path)  # a sequence classifier, or a clear error
+        config = _load_config(model_name_or_path)  # a classifier, or a clear error
         path, labels = _model_folder(model_name_or_path), {}
         if saved_loss(path) is not None:  # saved by nlpcal: the model as trained, unfolded
             from nlpcal.hub import load_calibrated
 
             return load_calibrated(path, calibrator=NONE).model
+        if _is_image_config(config):  # the adapter's save_pretrained, without nlpcal's files
+            return TimmForImageClassification.from_pretrained(path)
     else:
         path = resolve_model_path(model_name_or_path)
         labels = {
