@@ -187,6 +187,7 @@ def section(title: str, folder: str | Path, results: Mapping[str, Any]) -> str:
         f"- Wall time of the cells: {seconds / 60:.0f} min; seeds "
         f"{', '.join(map(str, results['recipe']['seeds']))}",
         f"- In-domain: `{test}`; shifted (averaged): {', '.join(f'`{s}`' for s in shifted)}",
+        *_pending(folder, results),
         "",
         "| method | variant | accuracy | ECE×100 in | ECE×100 shifted | Δ shifted ECE vs CE+TS "
         "| ECE-15×100 in | ECE-15×100 shifted | Brier shifted | NLL shifted | AURC in "
@@ -235,6 +236,24 @@ def section(title: str, folder: str | Path, results: Mapping[str, Any]) -> str:
         for i, r in enumerate(ranked, 1)
     ]
     return "\n".join(lines) + "\n"
+
+
+def _pending(folder: str | Path, results: Mapping[str, Any]) -> list[str]:
+    """A line naming the methods the run folder's whole recipe lists but this report does not
+    (``nlpcal bench --methods`` reported part of it); none when the report is whole."""
+    stored = Path(folder) / "recipe.json"
+    if not stored.is_file():
+        return []
+    reported = {m["name"] for m in results["recipe"]["methods"]}
+    pending = [m["name"] for m in json.loads(stored.read_text())["methods"]]
+    pending = [name for name in pending if name not in reported]
+    if not pending:
+        return []
+    return [
+        f"- **In progress**: the run's recipe also lists {', '.join(f'`{m}`' for m in pending)}, "
+        "not finished yet (the run resumes in the same folder); the ranking and the recommended "
+        "recipe below cover the reported methods only"
+    ]
 
 
 def scoreboard(runs: Mapping[str, str | Path], preamble: str = "") -> str:

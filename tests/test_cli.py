@@ -234,7 +234,7 @@ def fake_run(monkeypatch) -> list:
     returns results without rows."""
     calls = []
 
-    def run(recipe, output_dir, resume=True):
+    def run(recipe, output_dir, resume=True, methods=None):
         calls.append((recipe, output_dir, resume))
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "results.md").write_text("| table |\n")

@@ -88,3 +88,19 @@ def test_the_scoreboard_names_the_recommended_recipe(finished):  # noqa: F811
     chosen = scoreboard.nominate(renamed)
     assert chosen is not None
     assert f"`{chosen['method']}` {chosen['variant']}" in scoreboard.section("T", out, renamed)
+
+
+def test_a_partial_report_says_which_methods_are_still_running(finished, tmp_path):  # noqa: F811
+    """`nlpcal bench --methods` reported part of the recipe: the section says what is pending."""
+    out, _ = finished
+    copy = shutil.copytree(out, tmp_path / "run")
+    assert "In progress" not in scoreboard.scoreboard({"Whole": copy})
+    results = json.loads((copy / "results.json").read_text())
+    results["recipe"]["methods"] = [m for m in results["recipe"]["methods"] if m["name"] == "ce"]
+    results["cells"] = [c for c in results["cells"] if c["method"] == "ce"]
+    results["rows"] = [r for r in results["rows"] if r["method"] == "ce"]
+    results["selection"] = [r for r in results["selection"] if r["method"] == "ce"]
+    (copy / "results.json").write_text(json.dumps(results))
+    text = scoreboard.scoreboard({"Part": copy})
+    assert "**In progress**: the run's recipe also lists `ls`, not finished yet" in text
+    assert "| `ls` |" not in text
