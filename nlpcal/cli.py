@@ -16,7 +16,9 @@ shift, with the same report as a benchmark (a model saved by nlpcal also with ea
 carries, as the variant ``saved_<variant>``); ``--posthoc NAME --calibration SOURCE`` adds post-hoc
 calibrators. ``nlpcal calibrate MODEL --calibration SOURCE ...`` fits them (default: temperature
 scaling), scores the model before and after, and saves the calibrated model (``--push-to-hub REPO``
-uploads it). With ``--config`` the recipe's ``data`` section (and ``data_dir``, ``max_length``,
+uploads it). ``--drift-posthoc NAME [--drift-family corruption|gaussian|gradient]`` fits a
+calibrator drift-aware, on the calibration data plus perturbed copies of it (the variant
+``NAME_drift``). With ``--config`` the recipe's ``data`` section (and ``data_dir``, ``max_length``,
 ``label_map``, ``slicing.max_eval_samples``, ``robustness``) is used; its methods and training are
 not. ``--pgd-budgets 0.01 0.05 [--pgd-norm linf] [--pgd-steps N] [--pgd-max-samples N]`` adds the
 accuracy under PGD on the input embeddings at those relative budgets (a recipe's ``robustness``).
@@ -117,6 +119,20 @@ def main(argv: list[str] | None = None) -> int:
             action="append",
             help="a post-hoc calibrator (repeat; default: "
             + ("none)" if command is evaluate else "temperature)"),
+        )
+        command.add_argument(
+            "--drift-posthoc",
+            action="append",
+            metavar="NAME",
+            help="a post-hoc calibrator fitted drift-aware, on the calibration data and its "
+            "perturbed copies (the variant NAME_drift; repeat)",
+        )
+        command.add_argument(
+            "--drift-family",
+            metavar="FAMILY",
+            help="the perturbation of --drift-posthoc: corruption (text corruptions at "
+            "severities 1-5, the default), gaussian or gradient (on the input embeddings); a "
+            "recipe's data.calibration.drift.family",
         )
         command.add_argument(
             "--label-map",
@@ -270,9 +286,19 @@ def _existing_model(args: argparse.Namespace) -> None:
         }
         if args.calibration:
             data["calibration"] = args.calibration
-    posthoc = args.posthoc or ([] if args.command == "evaluate" else ["temperature"])
-    if posthoc and "calibration" not in data:
+    drift_posthoc = args.drift_posthoc or []
+    default = [] if args.command == "evaluate" or drift_posthoc else ["temperature"]
+    posthoc = args.posthoc or default
+    if (posthoc or drift_posthoc) and "calibration" not in data:
         raise ValueError("post-hoc calibrators need held-out data: give --calibration SOURCE")
+    if args.drift_family is not None:
+        if not drift_posthoc:
+            raise ValueError("--drift-family is the perturbation of --drift-posthoc: name one")
+        calibration = data["calibration"]
+        if not isinstance(calibration, dict):
+            calibration = {"source": calibration}
+        drift = {**(calibration.get("drift") or {}), "family": args.drift_family}
+        data = {**data, "calibration": {**calibration, "drift": drift}}
     if args.label_map:
         options["label_map"] = dict(
             _named_source(p, "--label-map").values() for p in args.label_map
@@ -300,6 +326,7 @@ def _existing_model(args: argparse.Namespace) -> None:
         args.model,
         data,
         posthoc=posthoc,
+        drift_posthoc=drift_posthoc,
         batch_size=args.batch_size,
         name=args.command,
         save_model=args.command == "calibrate",

@@ -132,6 +132,7 @@ def calibration_record(
     ece_bins: int | None = None,
     eval_sets: Mapping[str, Any] | None = None,
     fold: bool = True,
+    drift: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The calibration record that ``nlpcal_config.json`` holds: the one authoritative account of
     a save's calibration, which :func:`load_calibrated`, the model card and the Hub read.
@@ -143,7 +144,9 @@ def calibration_record(
     file with the layer's weights before folding) or ``None``, with the reason in ``not_folded``;
     ``ece_bins``, ``eval_sets`` (``in_domain``, ``shifted``, ``calibration`` set names) and
     ``metrics`` (``CalibratedTrainer.evaluate()``'s numbers as ``{set: {variant: {metric:
-    value}}}``, ``"none"`` the uncalibrated variant).
+    value}}}``, ``"none"`` the uncalibrated variant); ``drift`` (how the drift-aware variants
+    were fitted: ``variants``, ``copies``, ``perturbation`` and, for embedding perturbations,
+    the ``schedule``) or ``None``.
 
     Args:
         loss: the training loss.
@@ -155,6 +158,7 @@ def calibration_record(
         ece_bins: the number of ECE bins of ``metrics``.
         eval_sets: which eval sets are in-domain, shifted and the calibration set.
         fold: fold the active calibrator when it can be (see :func:`fold_refusal`).
+        drift: how the drift-aware variants were fitted (see above).
     """
     if active is not None and active not in calibrators:
         raise ValueError(f"active calibrator {active!r} is not among {list(calibrators)}")
@@ -200,6 +204,7 @@ def calibration_record(
         "ece_bins": ece_bins,
         "eval_sets": dict(eval_sets or {}),
         "metrics": _metrics_by_set(metrics or {}, list(calibrators)),
+        "drift": None if drift is None else dict(drift),
     }
 
 
@@ -393,6 +398,9 @@ def calibration_card(record: Mapping[str, Any], diagram: str | None = None) -> s
         )
         for key, value in entry.get("fitted", {}).items():
             lines.append(f"- Fitted {key}: {value:.4f}")
+    drift = record.get("drift")
+    if drift:
+        lines.append(f"- {_drift_note(drift)}")
     bins = record.get("ece_bins")
     if bins:
         lines.append(f"- ECE: top-label confidence, {bins} equal-width bins")
@@ -569,6 +577,26 @@ def _eval_results(record: Mapping[str, Any]) -> list[Any]:
                 )
             )
     return results
+
+
+def _drift_note(drift: Mapping[str, Any]) -> str:
+    """One line of the model card on how the drift-aware variants were fitted."""
+    variants = ", ".join(f"`{v}`" for v in drift["variants"])
+    schedule = drift.get("schedule")
+    if schedule:
+        what = (
+            f"{schedule['family']} perturbations of the input embeddings at relative strengths "
+            + ", ".join(f"{s:.3g}" for s in schedule["strengths"])
+            + f" (calibration accuracy {schedule['clean_accuracy']:.3f} clean, "
+            + ", ".join(f"{a:.3f}" for a in schedule["accuracies"])
+            + " perturbed)"
+        )
+    else:
+        what = "perturbed copies given to the trainer (e.g. text corruptions)"
+    return (
+        f"Drift-aware fitting (Tomani et al. 2021) of {variants}: the calibration data plus "
+        f"{drift['copies']} {what}, each copy weighted as the clean data"
+    )
 
 
 def _references(record: Mapping[str, Any]) -> list[str]:

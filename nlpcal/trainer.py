@@ -186,6 +186,7 @@ class CalibratedTrainer(Trainer):
         self.calibrator = calibrator
         self.calibration_dataset = calibration_dataset
         self.drift_datasets = list(drift_datasets or [])
+        self._drift_copies = 0  # how many perturbed copies the last calibrate() fitted on
         self.drift_schedule: DriftSchedule | None = None
         self._diagnostics: dict[str, Tensor] = {}
         self._diagnostic_steps = 0
@@ -304,6 +305,7 @@ class CalibratedTrainer(Trainer):
             raise ValueError("the calibration dataset has no labels")
         self.drift_schedule = None
         drift = self.drift_predictions(drift_datasets, len(preds.labels), dataset)
+        self._drift_copies = len(drift)
         self.calibrators = self._fit_variants(preds, drift)
         self.active_calibrator = self.calibration["active_calibrator"] or next(iter(self.posthoc))
         bins = self.calibration["ece_bins"]
@@ -875,6 +877,20 @@ class CalibratedTrainer(Trainer):
                 "calibration": self.calibration["calibration_set"],
             },
             "fold": not self.is_in_train,
+            "drift": self._drift_record(),
+        }
+
+    def _drift_record(self) -> dict[str, Any] | None:
+        """How the fitted drift-aware variants were fitted, for the calibration record."""
+        variants = [v for v in self.calibration["drift_variants"] if v in self.calibrators]
+        if not variants or not self._drift_copies:
+            return None
+        schedule = self.drift_schedule
+        return {
+            "variants": variants,
+            "perturbation": self.args.drift_perturbation or "given",
+            "copies": self._drift_copies,
+            "schedule": None if schedule is None else schedule.to_dict(),
         }
 
 

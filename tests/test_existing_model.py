@@ -372,3 +372,63 @@ def test_an_unfitted_calibrator_is_not_saved(tmp_path):
             tmp_path, create_loss("cross_entropy"), {"temperature": TemperatureScaler()}
         )
     assert not any(tmp_path.iterdir())
+
+
+def test_calibrate_fits_drift_aware_from_the_cli(upper_reversed, tmp_path, capsys):
+    """`--drift-posthoc` alone fits only the drift-aware variant, which the saved model applies;
+    with `--drift-family` the copies are perturbations of the input embeddings."""
+    from nlpcal import load_calibrated
+    from nlpcal.hub import calibration_card
+
+    flags = ["--test", "sst2=sample:sst2/test", "--calibration", "sample:sst2/dev"]
+    flags += ["--max-eval-samples", "40", "--max-length", "32"]
+    run = tmp_path / "text"
+    assert main(["calibrate", str(upper_reversed), *flags, "--drift-posthoc", "temperature",
+                 "--output-dir", str(run)]) == 0  # fmt: skip
+    results = json.loads((run / "results.json").read_text())
+    assert {v for _, v, _ in rows(results)} == {"none", "temperature_drift"}
+    record = load_calibrated(model_folder_of(run)).record
+    assert record["calibrators"].keys() == {"temperature_drift"}
+    assert record["drift"] == {
+        "variants": ["temperature_drift"], "perturbation": "given", "copies": 5, "schedule": None
+    }  # fmt: skip
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "data:\n  test: {name: sst2, source: 'sample:sst2/test'}\n"
+        "  calibration:\n    source: 'sample:sst2/dev'\n    drift: {strengths: [0.5, 1.0, 2.0]}\n"
+        "slicing: {max_eval_samples: 40}\nmax_length: 32\n"
+    )
+    run = tmp_path / "gaussian"
+    assert main(["calibrate", str(upper_reversed), "--config", str(recipe), "--posthoc",
+                 "temperature", "--drift-posthoc", "temperature", "--drift-family", "gaussian",
+                 "--output-dir", str(run)]) == 0  # fmt: skip
+    cell = json.loads((run / "cells/model/seed_0/result.json").read_text())
+    assert cell["drift_schedule"]["family"] == "gaussian"
+    assert cell["drift_schedule"]["strengths"] == [0.5, 1.0, 2.0]
+    table = rows(json.loads((run / "results.json").read_text()))
+    drift = table[("model", "temperature_drift", "sst2")]
+    plain = table[("model", "temperature", "sst2")]
+    assert drift["nll"] != plain["nll"] and drift["accuracy"] == plain["accuracy"]
+    saved = load_calibrated(model_folder_of(run))
+    assert saved.variant == "temperature"  # the first
+    assert saved.record["drift"]["schedule"] == cell["drift_schedule"]
+    card = calibration_card(saved.record)
+    assert "Drift-aware fitting (Tomani et al. 2021) of `temperature_drift`" in card
+    assert "gaussian perturbations of the input embeddings at relative strengths 0.5, 1, 2" in card
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--drift-family", "gaussian"], "--drift-family is the perturbation of --drift-posthoc"),
+        (["--drift-posthoc", "temperature", "--drift-family", "blur"], "'blur'"),
+    ],
+)
+def test_bad_drift_flags_are_one_line(upper_reversed, tmp_path, capsys, extra, message):
+    flags = ["--test", "sample:sst2/test", "--calibration", "sample:sst2/dev"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["calibrate", str(upper_reversed), *flags, *extra, "--output-dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -39,6 +39,7 @@ def existing_model_recipe(
     *,
     posthoc: Sequence[str] = (),
     posthoc_kwargs: Mapping[str, Any] | None = None,
+    drift_posthoc: Sequence[str] = (),
     label_map: Mapping[str, str] | None = None,
     calibration_loss: str = "cross_entropy",
     max_length: int = 128,
@@ -58,6 +59,9 @@ def existing_model_recipe(
             ``train`` needed), as a mapping or a :class:`~nlpcal.bench.Data`.
         posthoc: post-hoc calibrators to fit on ``data.calibration`` (names, ``VARIANT=NAME``).
         posthoc_kwargs: their constructor arguments, as in recipes.
+        drift_posthoc: calibrators to fit drift-aware, on ``data.calibration`` plus its
+            perturbed copies (``data.calibration.drift``; default: mixed text corruptions at
+            severities 1-5), each the variant ``<name>_drift``.
         label_map: model class -> data class where the names differ beyond case
             (``{"LABEL_0": "negative", "LABEL_1": "positive"}``).
         calibration_loss: how the model's outputs are read (``cross_entropy``: a softmax
@@ -94,6 +98,7 @@ def existing_model_recipe(
         loss_kwargs=loss_kwargs,
         posthoc=tuple(posthoc),
         posthoc_kwargs=dict(posthoc_kwargs or {}),
+        drift_posthoc=tuple(drift_posthoc),
         train=False,
         saved_posthoc=saved_variants,
     )
@@ -155,13 +160,14 @@ def calibrate_model(
 ) -> tuple[dict[str, Any], CalibratedModel]:
     """Fit post-hoc calibrators to a fine-tuned classifier on ``data.calibration``, score it
     before and after on the other sets, and save the calibrated model (the first calibrator
-    active) in ``output_dir/model``.
+    active: the first of ``posthoc``, else of ``drift_posthoc``) in ``output_dir/model``.
 
     Args:
         model: a classifier folder or Hub id, or a recipe made by :func:`existing_model_recipe`.
         data: the ``data`` section, with ``calibration``.
         output_dir: the run folder; an earlier run there is replaced.
-        posthoc: the calibrators (default: temperature scaling).
+        posthoc: the calibrators (default: temperature scaling; ``()`` with ``drift_posthoc``
+            to fit only drift-aware ones).
         **options: the other keyword arguments of :func:`existing_model_recipe`.
 
     Returns:
@@ -174,8 +180,10 @@ def calibrate_model(
         recipe = replace(model, save_model=True)
     else:
         recipe = existing_model_recipe(model, data, posthoc=posthoc, save_model=True, **options)
-    if not recipe.methods[0].posthoc:
-        raise ValueError("calibrate needs at least one post-hoc calibrator (posthoc=...)")
+    if not (recipe.methods[0].posthoc or recipe.methods[0].drift_posthoc):
+        raise ValueError(
+            "calibrate needs at least one post-hoc calibrator (posthoc=... or drift_posthoc=...)"
+        )
     results = evaluate_model(recipe, output_dir=output_dir)
     folder = model_folder(recipe, output_dir)
     return results, load_calibrated(folder)
