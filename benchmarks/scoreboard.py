@@ -89,20 +89,14 @@ def _ensemble_value(
 def summarise(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per method and variant: ``{metric_where: [values over seeds]}``."""
     test, shifted = _sets(results)
-    variants = [
-        (
-            m["name"],
-            [
-                "none",
-                *(entry.partition("=")[0] for entry in m["posthoc"]),
-                *(f"{c}_drift" for c in m.get("drift_posthoc", [])),
-            ],
-        )
-        for m in results["recipe"]["methods"]
-    ]
+    variants: dict[str, list[str]] = {m["name"]: [] for m in results["recipe"]["methods"]}
+    for r in results["rows"]:  # every variant the runner scored, in its order
+        names = variants.get(r["method"])
+        if names is not None and not r["variant"].startswith(ENSEMBLE):
+            names += [] if r["variant"] in names else [r["variant"]]
     ensembles = len(results["recipe"]["seeds"]) > 1
     rows = []
-    for method, names in variants:
+    for method, names in variants.items():
         for variant in names:
             kinds = [(variant, _per_seed)]
             if ensembles:
@@ -124,10 +118,17 @@ def nominate(results: Mapping[str, Any], tolerance: float = 0.005) -> dict[str, 
 
     among single models (a training loss with one of its variants) whose mean calibration-split
     accuracy is within ``tolerance`` of plain fine-tuning with temperature scaling, the lowest
-    mean calibration-split ECE (15 bins), ties broken by NLL. ``None`` when the run's cells do
-    not record the calibration split.
+    mean calibration-split ECE (15 bins), ties broken by NLL. A method whose training itself
+    adapted on the calibration split (:func:`trained_on_calibration`) is not eligible: its
+    scores there are not held out. ``None`` when the run's cells do not record the calibration
+    split.
     """
-    rows = {(r["method"], r["variant"]): r["values"] for r in results.get("selection", [])}
+    seen = trained_on_calibration(results)
+    rows = {
+        (r["method"], r["variant"]): r["values"]
+        for r in results.get("selection", [])
+        if r["method"] not in seen
+    }
     if BASELINE not in rows:
         return None
     floor = _value(rows[BASELINE], "accuracy") - tolerance
@@ -136,6 +137,18 @@ def nominate(results: Mapping[str, Any], tolerance: float = 0.005) -> dict[str, 
         eligible, key=lambda key: (_value(rows[key], "ece"), _value(rows[key], "nll"))
     )
     return {"method": method, "variant": variant, "values": rows[(method, variant)]}
+
+
+def trained_on_calibration(results: Mapping[str, Any]) -> list[str]:
+    """The methods whose training adapted on the calibration split: AR-AdaLS adapts its
+    smoothing on its ``adaptation_set``, by default that split (which the post-hoc calibrators
+    are fitted on too)."""
+    return [
+        m["name"]
+        for m in results.get("recipe", {}).get("methods", [])
+        if m["calibration_loss"] == "ar_adals"
+        and (m.get("loss_kwargs") or {}).get("adaptation_set") is None
+    ]
 
 
 def _regime(results: Mapping[str, Any]) -> list[str]:
@@ -224,6 +237,14 @@ def section(title: str, folder: str | Path, results: Mapping[str, Any]) -> str:
             f"({_delta(row['ece_10_out'], baseline['ece_10_out'])}; target −40 %), in-domain "
             f"accuracy {_fmt(row['accuracy_in'], 100, 1)} against "
             f"{_fmt(baseline.get('accuracy_in', []), 100, 1)}.",
+        ]
+    seen = trained_on_calibration(results)
+    if seen:
+        lines += [
+            "",
+            f"Not eligible for the recommendation: {', '.join(f'`{m}`' for m in seen)}, whose "
+            "training adapted on the calibration split (AR-AdaLS's `adaptation_set`), so its "
+            "calibration-split scores are not held out.",
         ]
     ranked = sorted(
         (r for r in rows if r["ece_10_out"] and not r["variant"].startswith(ENSEMBLE)),

@@ -297,7 +297,10 @@ def _existing_model(args: argparse.Namespace) -> None:
         calibration = data["calibration"]
         if not isinstance(calibration, dict):
             calibration = {"source": calibration}
-        drift = {**(calibration.get("drift") or {}), "family": args.drift_family}
+        drift = calibration.get("drift") or {}
+        if drift.get("family", "corruption") != args.drift_family:  # the other family's keys go
+            drift = {k: v for k, v in drift.items() if k == "seed"}
+        drift = {**drift, "family": args.drift_family}
         data = {**data, "calibration": {**calibration, "drift": drift}}
     if args.label_map:
         options["label_map"] = dict(

@@ -146,7 +146,7 @@ def calibration_record(
     ``metrics`` (``CalibratedTrainer.evaluate()``'s numbers as ``{set: {variant: {metric:
     value}}}``, ``"none"`` the uncalibrated variant); ``drift`` (how the drift-aware variants
     were fitted: ``variants``, ``copies``, ``perturbation`` and, for embedding perturbations,
-    the ``schedule``) or ``None``.
+    the ``schedule``, or the ``description`` of the copies given) or ``None``.
 
     Args:
         loss: the training loss.
@@ -592,7 +592,7 @@ def _drift_note(drift: Mapping[str, Any]) -> str:
             + " perturbed)"
         )
     else:
-        what = "perturbed copies given to the trainer (e.g. text corruptions)"
+        what = f"copies: {drift.get('description') or 'perturbed copies given to the trainer'}"
     return (
         f"Drift-aware fitting (Tomani et al. 2021) of {variants}: the calibration data plus "
         f"{drift['copies']} {what}, each copy weighted as the clean data"
@@ -760,6 +760,11 @@ class CalibratedModel(nn.Module):
             metrics = loaded.get("metrics")
             ece_bins = ece_bins or loaded.get("ece_bins")
             eval_sets = eval_sets or loaded.get("eval_sets")
+        drift = loaded.get("drift")
+        if drift and set(drift["variants"]) & set(calibrators):
+            drift = {**drift, "variants": [v for v in drift["variants"] if v in calibrators]}
+        else:
+            drift = None
         with staged_folder(directory, REPLACED_ON_SAVE) as staging:
             self.model.save_pretrained(staging)
             if self.tokenizer is not None:
@@ -773,6 +778,7 @@ class CalibratedModel(nn.Module):
                 ece_bins=ece_bins,
                 eval_sets=eval_sets,
                 fold=fold,
+                drift=drift,
             )
             if curves:
                 reliability_diagram(curves, n_bins=ece_bins or 15, path=staging / DIAGRAM_NAME)

@@ -124,6 +124,9 @@ class CalibratedTrainer(Trainer):
         drift_schedule: with ``args.drift_perturbation``, the strengths of the embedding copies
             found on the calibration data by the last :meth:`calibrate` (and the accuracies they
             give); ``None`` before.
+        drift_description: how the caller built ``drift_datasets`` (``"mixed text corruptions
+            at severities 1, 2, 3, 4, 5, seed 0"``), kept in the saved calibration record;
+            ``None`` unless set.
 
     Example:
         >>> from nlpcal import CalibratedTrainer, CalibrationArguments  # doctest: +SKIP
@@ -187,6 +190,7 @@ class CalibratedTrainer(Trainer):
         self.calibration_dataset = calibration_dataset
         self.drift_datasets = list(drift_datasets or [])
         self._drift_copies = 0  # how many perturbed copies the last calibrate() fitted on
+        self.drift_description: str | None = None
         self.drift_schedule: DriftSchedule | None = None
         self._diagnostics: dict[str, Tensor] = {}
         self._diagnostic_steps = 0
@@ -889,6 +893,7 @@ class CalibratedTrainer(Trainer):
         return {
             "variants": variants,
             "perturbation": self.args.drift_perturbation or "given",
+            "description": None if schedule else self.drift_description,
             "copies": self._drift_copies,
             "schedule": None if schedule is None else schedule.to_dict(),
         }

@@ -376,32 +376,34 @@ def test_an_unfitted_calibrator_is_not_saved(tmp_path):
 
 def test_calibrate_fits_drift_aware_from_the_cli(upper_reversed, tmp_path, capsys):
     """`--drift-posthoc` alone fits only the drift-aware variant, which the saved model applies;
-    with `--drift-family` the copies are perturbations of the input embeddings."""
+    `--drift-family` chooses the perturbation over the recipe's (whose other keys then go);
+    the saved record and the model card say how the variant was fitted."""
     from nlpcal import load_calibrated
     from nlpcal.hub import calibration_card
 
-    flags = ["--test", "sst2=sample:sst2/test", "--calibration", "sample:sst2/dev"]
-    flags += ["--max-eval-samples", "40", "--max-length", "32"]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "data:\n  test: {name: sst2, source: 'sample:sst2/test'}\n  calibration:\n"
+        "    source: 'sample:sst2/dev'\n    drift: {family: gaussian, strengths: [0.5, 1.0, 2.0]}\n"
+        "slicing: {max_eval_samples: 40}\nmax_length: 32\n"
+    )
+    flags = ["--config", str(recipe), "--drift-posthoc", "temperature"]
     run = tmp_path / "text"
-    assert main(["calibrate", str(upper_reversed), *flags, "--drift-posthoc", "temperature",
+    assert main(["calibrate", str(upper_reversed), *flags, "--drift-family", "corruption",
                  "--output-dir", str(run)]) == 0  # fmt: skip
     results = json.loads((run / "results.json").read_text())
     assert {v for _, v, _ in rows(results)} == {"none", "temperature_drift"}
     record = load_calibrated(model_folder_of(run)).record
     assert record["calibrators"].keys() == {"temperature_drift"}
+    described = "mixed text corruptions at severities 1, 2, 3, 4, 5, seed 0"
     assert record["drift"] == {
-        "variants": ["temperature_drift"], "perturbation": "given", "copies": 5, "schedule": None
+        "variants": ["temperature_drift"], "perturbation": "given", "description": described,
+        "copies": 5, "schedule": None,
     }  # fmt: skip
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        "data:\n  test: {name: sst2, source: 'sample:sst2/test'}\n"
-        "  calibration:\n    source: 'sample:sst2/dev'\n    drift: {strengths: [0.5, 1.0, 2.0]}\n"
-        "slicing: {max_eval_samples: 40}\nmax_length: 32\n"
-    )
+    assert f"5 copies: {described}" in calibration_card(record)
     run = tmp_path / "gaussian"
-    assert main(["calibrate", str(upper_reversed), "--config", str(recipe), "--posthoc",
-                 "temperature", "--drift-posthoc", "temperature", "--drift-family", "gaussian",
-                 "--output-dir", str(run)]) == 0  # fmt: skip
+    assert main(["calibrate", str(upper_reversed), *flags, "--posthoc", "temperature",
+                 "--drift-family", "gaussian", "--output-dir", str(run)]) == 0  # fmt: skip
     cell = json.loads((run / "cells/model/seed_0/result.json").read_text())
     assert cell["drift_schedule"]["family"] == "gaussian"
     assert cell["drift_schedule"]["strengths"] == [0.5, 1.0, 2.0]
@@ -415,6 +417,13 @@ def test_calibrate_fits_drift_aware_from_the_cli(upper_reversed, tmp_path, capsy
     card = calibration_card(saved.record)
     assert "Drift-aware fitting (Tomani et al. 2021) of `temperature_drift`" in card
     assert "gaussian perturbations of the input embeddings at relative strengths 0.5, 1, 2" in card
+    drifted = load_calibrated(model_folder_of(run), calibrator="temperature_drift")
+    drifted.save_pretrained(tmp_path / "again")  # the record's drift entry travels with it
+    assert load_calibrated(tmp_path / "again").record["drift"] == {
+        **saved.record["drift"], "variants": ["temperature_drift"]
+    }  # fmt: skip
+    saved.save_pretrained(tmp_path / "plain")  # ... and goes with a variant it does not cover
+    assert load_calibrated(tmp_path / "plain").record["drift"] is None
     capsys.readouterr()
 
 

@@ -79,6 +79,27 @@ def test_the_recommended_recipe_is_chosen_on_the_calibration_split_at_equal_accu
     assert scoreboard.nominate({}) is None
 
 
+def test_a_method_adapted_on_the_calibration_split_is_not_nominated():
+    results = _selection(
+        ("cross_entropy", "temperature", 0.850, 0.040, 0.40),
+        ("ar_adals", "none", 0.850, 0.010, 0.30),  # adapted on these rows: not held out
+        ("ar_held", "none", 0.850, 0.020, 0.30),
+    )
+    results["recipe"] = {
+        "methods": [
+            {"name": "cross_entropy", "calibration_loss": "cross_entropy"},
+            {"name": "ar_adals", "calibration_loss": "ar_adals", "loss_kwargs": {}},
+            {
+                "name": "ar_held",
+                "calibration_loss": "ar_adals",
+                "loss_kwargs": {"adaptation_set": "dev"},
+            },
+        ]
+    }
+    assert scoreboard.trained_on_calibration(results) == ["ar_adals"]
+    assert scoreboard.nominate(results)["method"] == "ar_held"
+
+
 def test_the_scoreboard_names_the_recommended_recipe(finished):  # noqa: F811
     out, results = finished
     text = scoreboard.scoreboard({"Tiny shift": out})

@@ -347,6 +347,13 @@ class DriftSpec(_Section):
             except ValueError as err:
                 raise ValueError(f"data.calibration.drift.{err}") from None
 
+    def describe(self) -> str:
+        """The text copies in words, as the saved calibration record keeps them."""
+        severities = ", ".join(map(str, self.severities))
+        return (
+            f"{self.corruption.value} text corruptions at severities {severities}, seed {self.seed}"
+        )
+
     @property
     def is_text(self) -> bool:
         """Whether the copies are text corruptions (built by the runner) rather than embedding

@@ -299,6 +299,8 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
         trainer = calibrate_pretrained(
             recipe.model, args, data.calibration, data.tokenizer, drift_datasets=drift
         )
+    if drift:
+        trainer.drift_description = (recipe.data.calibration.drift or DriftSpec()).describe()
     calibrators = {**trainer.calibrators, **saved}
     features = any(c.requires_features for c in calibrators.values())
     outputs = Outputs({}, {}, {})
