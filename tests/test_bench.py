@@ -900,3 +900,13 @@ def test_the_report_explains_the_same_rows_for_every_method(model_dir, tmp_path)
 def test_bad_explain_sections_are_refused(model_dir, explain, message):
     with pytest.raises(ValueError, match=message):
         Recipe.from_dict(tiny_recipe(model_dir, explain=explain))
+
+
+def test_the_recorded_command_names_nlpcal_when_run_as_a_module(monkeypatch):
+    from nlpcal.bench.store import environment
+
+    main = str(REPO / "nlpcal" / "__main__.py")
+    monkeypatch.setattr("sys.argv", [main, "bench", "--recipe", "r.yaml"])
+    assert environment()["command"] == "nlpcal bench --recipe r.yaml"
+    monkeypatch.setattr("sys.argv", ["/usr/bin/nlpcal", "demo"])
+    assert environment()["command"] == "nlpcal demo"

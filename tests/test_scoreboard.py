@@ -125,3 +125,21 @@ def test_a_partial_report_says_which_methods_are_still_running(finished, tmp_pat
     text = scoreboard.scoreboard({"Part": copy})
     assert "**In progress**: the run's recipe also lists `ls`, not finished yet" in text
     assert "| `ls` |" not in text
+
+
+def test_the_closest_method_is_the_lowest_shifted_ece_at_equal_accuracy():
+    rows = [
+        {"method": "cross_entropy", "variant": "temperature", "accuracy_in": [0.80, 0.80],
+         "ece_10_out": [0.06, 0.07]},
+        {"method": "a", "variant": "none", "accuracy_in": [0.79, 0.79], "ece_10_out": [0.01]},
+        {"method": "b", "variant": "ensemble", "accuracy_in": [0.80], "ece_10_out": [0.02]},
+        {"method": "c", "variant": "adats", "accuracy_in": [0.797, 0.797], "ece_10_out": [0.04]},
+    ]  # fmt: skip
+    closest = scoreboard._closest(rows, rows[0])
+    assert (closest["method"], closest["variant"]) == ("c", "adats")  # a: 1 point less accurate
+    assert scoreboard._closest(rows, {}) is None
+
+
+def test_a_cpu_only_scoreboard_says_the_gpu_run_is_pending(finished):  # noqa: F811
+    out, _ = finished
+    assert "GPU run: pending" in scoreboard.scoreboard({"Tiny shift": out})

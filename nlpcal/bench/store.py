@@ -153,6 +153,12 @@ def read_result(folder: Path) -> dict[str, Any]:
     return result
 
 
+def _program() -> str:
+    """The command's name: ``nlpcal`` also when run as ``python -m nlpcal``."""
+    path = Path(sys.argv[0])
+    return "nlpcal" if path.name == "__main__.py" and path.parent.name == "nlpcal" else path.name
+
+
 def environment(devices: Sequence[str] = ()) -> dict[str, Any]:
     """Where and how the results were produced: command, versions, platform, devices."""
     import datasets
@@ -161,7 +167,7 @@ def environment(devices: Sequence[str] = ()) -> dict[str, Any]:
     import nlpcal
 
     return {
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": shlex.join([_program(), *sys.argv[1:]]),
         "devices": list(devices),
         "python": platform.python_version(),
         "platform": platform.platform(),
