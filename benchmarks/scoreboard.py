@@ -46,8 +46,11 @@ def load_run(folder: str | Path) -> dict[str, Any]:
 
 
 def _sets(results: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """The in-domain test set and the labelled shifted sets (an unlabelled set, for OOD
+    detection only, has no accuracy or calibration to average)."""
     data = results["recipe"]["data"]
-    return data["test"]["name"], [s["name"] for s in data["shifted"]]
+    shifted = [s["name"] for s in data["shifted"] if s.get("labeled", True)]
+    return data["test"]["name"], shifted
 
 
 def _value(values: Mapping[str, Any], metric: str) -> float | None:
@@ -89,6 +92,7 @@ def _ensemble_value(
 def summarise(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per method and variant: ``{metric_where: [values over seeds]}``."""
     test, shifted = _sets(results)
+    every_shifted = [s["name"] for s in results["recipe"]["data"]["shifted"]]
     variants: dict[str, list[str]] = {m["name"]: [] for m in results["recipe"]["methods"]}
     for r in results["rows"]:  # every variant the runner scored, in its order
         names = variants.get(r["method"])
@@ -107,7 +111,7 @@ def summarise(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                 for metric in ("accuracy", "ece_10", "ece", "brier", "nll", "aurc"):
                     row[f"{metric}_in"] = read(results, method, label, metric, [test])
                     row[f"{metric}_out"] = read(results, method, label, metric, shifted)
-                row["ood_auroc"] = read(results, method, label, "ood_auroc", shifted)
+                row["ood_auroc"] = read(results, method, label, "ood_auroc", every_shifted)
                 rows.append(row)
     return rows
 
@@ -248,6 +252,16 @@ def section(title: str, folder: str | Path, results: Mapping[str, Any]) -> str:
             f"{_fmt(closest['ece_10_out'], 100)} "
             f"({_delta(closest['ece_10_out'], baseline['ece_10_out'])}), accuracy "
             f"{_fmt(closest['accuracy_in'], 100, 1)}.",
+        ]
+    unjudged = sorted(
+        {m["name"] for m in results["recipe"]["methods"]}
+        - {r["method"] for r in results.get("selection", [])}
+    )
+    if chosen is not None and unjudged:
+        lines += [
+            "",
+            f"Not judged by the rule: {', '.join(f'`{m}`' for m in unjudged)}, whose cells do "
+            "not all record the calibration split (cells of an older run).",
         ]
     seen = trained_on_calibration(results)
     if seen:

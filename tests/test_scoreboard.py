@@ -143,3 +143,18 @@ def test_the_closest_method_is_the_lowest_shifted_ece_at_equal_accuracy():
 def test_a_cpu_only_scoreboard_says_the_gpu_run_is_pending(finished):  # noqa: F811
     out, _ = finished
     assert "GPU run: pending" in scoreboard.scoreboard({"Tiny shift": out})
+
+
+def test_an_unlabelled_shifted_set_counts_for_ood_detection_only(finished):  # noqa: F811
+    _, results = finished
+    results = json.loads(json.dumps(results))
+    results["recipe"]["data"]["shifted"][0]["labeled"] = False  # imdb: OOD detection only
+    for cell in results["cells"]:
+        for values in cell["metrics"]["imdb"].values():
+            for metric in [m for m in values if m != "ood_auroc"]:
+                del values[metric]
+    row = scoreboard.summarise(results)[0]
+    cell = next(c for c in results["cells"] if c["method"] == row["method"])
+    assert row["ece_out"][0] == cell["metrics"]["sst2_c5"]["none"]["ece"]  # the labelled set
+    both = [cell["metrics"][s]["none"]["ood_auroc"] for s in ("imdb", "sst2_c5")]
+    assert row["ood_auroc"][0] == pytest.approx(sum(both) / 2)
