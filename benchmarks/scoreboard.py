@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 BASELINE = ("cross_entropy", "temperature")
+TOLERANCE = 0.005  # "at equal accuracy": within half a point of the baseline
 ENSEMBLE = "ensemble"
 
 
@@ -116,7 +117,7 @@ def summarise(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def nominate(results: Mapping[str, Any], tolerance: float = 0.005) -> dict[str, Any] | None:
+def nominate(results: Mapping[str, Any], tolerance: float = TOLERANCE) -> dict[str, Any] | None:
     """The recommended recipe of a run, by a rule fixed before any result existed, that reads the
     calibration split only (each calibrator cross-fitted, see ``calibration_split`` in the cells):
 
@@ -144,14 +145,13 @@ def nominate(results: Mapping[str, Any], tolerance: float = 0.005) -> dict[str, 
 
 
 def trained_on_calibration(results: Mapping[str, Any]) -> list[str]:
-    """The methods whose training adapted on the calibration split: AR-AdaLS adapts its
-    smoothing on its ``adaptation_set``, by default that split (which the post-hoc calibrators
-    are fitted on too)."""
+    """The methods whose training adapted on the calibration split: in the runner, AR-AdaLS
+    adapts its per-stratum smoothing on that split (its ``adaptation_set`` default; the runner
+    passes no other eval set to training), which the post-hoc calibrators are fitted on too."""
     return [
         m["name"]
         for m in results.get("recipe", {}).get("methods", [])
         if m["calibration_loss"] == "ar_adals"
-        and (m.get("loss_kwargs") or {}).get("adaptation_set") is None
     ]
 
 
@@ -248,7 +248,8 @@ def section(title: str, folder: str | Path, results: Mapping[str, Any]) -> str:
             "",
             f"Closest to the target (reported, not chosen: it reads the shifted sets): "
             f"`{closest['method']}` {closest['variant']}, the single model with the lowest "
-            f"shifted-set ECE×100 at in-domain accuracy within 0.5 points of the baseline: "
+            f"shifted-set ECE×100 at in-domain accuracy within {100 * TOLERANCE:g} points of "
+            "the baseline: "
             f"{_fmt(closest['ece_10_out'], 100)} "
             f"({_delta(closest['ece_10_out'], baseline['ece_10_out'])}), accuracy "
             f"{_fmt(closest['accuracy_in'], 100, 1)}.",
@@ -268,8 +269,8 @@ def section(title: str, folder: str | Path, results: Mapping[str, Any]) -> str:
         lines += [
             "",
             f"Not eligible for the recommendation: {', '.join(f'`{m}`' for m in seen)}, whose "
-            "training adapted on the calibration split (AR-AdaLS's `adaptation_set`), so its "
-            "calibration-split scores are not held out.",
+            "training adapted on the calibration split (AR-AdaLS adapts its smoothing there), so "
+            "its calibration-split scores are not held out.",
         ]
     ranked = sorted(
         (r for r in rows if r["ece_10_out"] and not r["variant"].startswith(ENSEMBLE)),
@@ -285,7 +286,7 @@ def section(title: str, folder: str | Path, results: Mapping[str, Any]) -> str:
 
 
 def _closest(
-    rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any], tolerance: float = 0.005
+    rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any], tolerance: float = TOLERANCE
 ) -> Mapping[str, Any] | None:
     """The single model with the lowest mean shifted-set ECE (10 bins) whose mean in-domain
     accuracy is within ``tolerance`` of the baseline's (or above it)."""
@@ -341,8 +342,8 @@ def scoreboard(runs: Mapping[str, str | Path], preamble: str = "") -> str:
     if not any("cuda" in d or "nvidia" in d for d in devices):
         parts += [
             "**GPU run: pending.** The full-scale sentiment and NLI runs on one GPU are prepared "
-            "and smoke-tested in `benchmarks/gpu/` (its README); no session has had a device "
-            "machine yet, so every table below is from the CPU recipes.",
+            "and smoke-tested in `benchmarks/gpu/` (its README); no GPU run is in this "
+            "scoreboard: every table below is from the CPU recipes.",
             "",
         ]
     parts += [section(title, runs[title], results) for title, results in loaded.items()]

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             "--posthoc",
             action="append",
             help="a post-hoc calibrator (repeat; default: "
-            + ("none)" if command is evaluate else "temperature)"),
+            + ("none)" if command is evaluate else "temperature, unless --drift-posthoc)"),
         )
         command.add_argument(
             "--drift-posthoc",
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         command.add_argument(
             "--drift-family",
-            metavar="FAMILY",
+            choices=["corruption", "gaussian", "gradient"],
             help="the perturbation of --drift-posthoc: corruption (text corruptions at "
             "severities 1-5, the default), gaussian or gradient (on the input embeddings); a "
             "recipe's data.calibration.drift.family",
@@ -257,8 +257,8 @@ def _run(args: argparse.Namespace, rest: list[str]) -> None:
 
 def _existing_model(args: argparse.Namespace) -> None:
     """``nlpcal evaluate`` and ``nlpcal calibrate``: the runner on a model as it is."""
-    from nlpcal.bench.existing import existing_model_recipe, model_folder
-    from nlpcal.bench.recipe import read_recipe_file
+    from nlpcal.bench.existing import default_posthoc, existing_model_recipe, model_folder
+    from nlpcal.bench.recipe import DriftSpec, read_recipe_file
     from nlpcal.bench.report import headline
     from nlpcal.bench.run import run_bench
 
@@ -287,8 +287,9 @@ def _existing_model(args: argparse.Namespace) -> None:
         if args.calibration:
             data["calibration"] = args.calibration
     drift_posthoc = args.drift_posthoc or []
-    default = [] if args.command == "evaluate" or drift_posthoc else ["temperature"]
-    posthoc = args.posthoc or default
+    posthoc = args.posthoc or ([] if args.command == "evaluate" else None)
+    if args.command == "calibrate":
+        posthoc = default_posthoc(posthoc, drift_posthoc)
     if (posthoc or drift_posthoc) and "calibration" not in data:
         raise ValueError("post-hoc calibrators need held-out data: give --calibration SOURCE")
     if args.drift_family is not None:
@@ -297,9 +298,8 @@ def _existing_model(args: argparse.Namespace) -> None:
         calibration = data["calibration"]
         if not isinstance(calibration, dict):
             calibration = {"source": calibration}
-        drift = calibration.get("drift") or {}
-        if drift.get("family", "corruption") != args.drift_family:  # the other family's keys go
-            drift = {k: v for k, v in drift.items() if k == "seed"}
+        keep = {"seed", *DriftSpec.family_keys(args.drift_family)}  # not the other family's
+        drift = {k: v for k, v in (calibration.get("drift") or {}).items() if k in keep}
         drift = {**drift, "family": args.drift_family}
         data = {**data, "calibration": {**calibration, "drift": drift}}
     if args.label_map:

@@ -158,7 +158,8 @@ def calibration_record(
         ece_bins: the number of ECE bins of ``metrics``.
         eval_sets: which eval sets are in-domain, shifted and the calibration set.
         fold: fold the active calibrator when it can be (see :func:`fold_refusal`).
-        drift: how the drift-aware variants were fitted (see above).
+        drift: how the drift-aware variants were fitted (see above); only the variants among
+            ``calibrators`` are kept.
     """
     if active is not None and active not in calibrators:
         raise ValueError(f"active calibrator {active!r} is not among {list(calibrators)}")
@@ -204,8 +205,17 @@ def calibration_record(
         "ece_bins": ece_bins,
         "eval_sets": dict(eval_sets or {}),
         "metrics": _metrics_by_set(metrics or {}, list(calibrators)),
-        "drift": None if drift is None else dict(drift),
+        "drift": _drift_entry(drift, calibrators),
     }
+
+
+def _drift_entry(
+    drift: Mapping[str, Any] | None, calibrators: Mapping[str, Calibrator]
+) -> dict[str, Any] | None:
+    """The record's ``drift`` entry, for the drift-aware variants among ``calibrators`` (none
+    left: ``None``)."""
+    variants = [v for v in (drift or {}).get("variants", ()) if v in calibrators]
+    return {**drift, "variants": variants} if variants else None
 
 
 def _per_class(value: Tensor, k: int) -> list[float]:
@@ -760,11 +770,6 @@ class CalibratedModel(nn.Module):
             metrics = loaded.get("metrics")
             ece_bins = ece_bins or loaded.get("ece_bins")
             eval_sets = eval_sets or loaded.get("eval_sets")
-        drift = loaded.get("drift")
-        if drift and set(drift["variants"]) & set(calibrators):
-            drift = {**drift, "variants": [v for v in drift["variants"] if v in calibrators]}
-        else:
-            drift = None
         with staged_folder(directory, REPLACED_ON_SAVE) as staging:
             self.model.save_pretrained(staging)
             if self.tokenizer is not None:
@@ -778,7 +783,7 @@ class CalibratedModel(nn.Module):
                 ece_bins=ece_bins,
                 eval_sets=eval_sets,
                 fold=fold,
-                drift=drift,
+                drift=loaded.get("drift"),
             )
             if curves:
                 reliability_diagram(curves, n_bins=ece_bins or 15, path=staging / DIAGRAM_NAME)

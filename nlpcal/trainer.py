@@ -124,9 +124,10 @@ class CalibratedTrainer(Trainer):
         drift_schedule: with ``args.drift_perturbation``, the strengths of the embedding copies
             found on the calibration data by the last :meth:`calibrate` (and the accuracies they
             give); ``None`` before.
-        drift_description: how the caller built ``drift_datasets`` (``"mixed text corruptions
-            at severities 1, 2, 3, 4, 5, seed 0"``), kept in the saved calibration record;
-            ``None`` unless set.
+        drift_description: how the caller built the trainer's ``drift_datasets`` (``"mixed
+            text corruptions at severities 1, 2, 3, 4, 5, seed 0"``), kept in the saved
+            calibration record; ``None`` unless set, and reset by :meth:`calibrate` with other
+            ``drift_datasets``.
 
     Example:
         >>> from nlpcal import CalibratedTrainer, CalibrationArguments  # doctest: +SKIP
@@ -308,6 +309,8 @@ class CalibratedTrainer(Trainer):
         if preds.labels is None:
             raise ValueError("the calibration dataset has no labels")
         self.drift_schedule = None
+        if drift_datasets is not None:  # copies the trainer's description does not describe
+            self.drift_description = None
         drift = self.drift_predictions(drift_datasets, len(preds.labels), dataset)
         self._drift_copies = len(drift)
         self.calibrators = self._fit_variants(preds, drift)
@@ -892,7 +895,7 @@ class CalibratedTrainer(Trainer):
         schedule = self.drift_schedule
         return {
             "variants": variants,
-            "perturbation": self.args.drift_perturbation or "given",
+            "perturbation": self.calibration["drift_perturbation"] or "given",
             "description": None if schedule else self.drift_description,
             "copies": self._drift_copies,
             "schedule": None if schedule is None else schedule.to_dict(),

@@ -431,7 +431,10 @@ def test_calibrate_fits_drift_aware_from_the_cli(upper_reversed, tmp_path, capsy
     ("extra", "message"),
     [
         (["--drift-family", "gaussian"], "--drift-family is the perturbation of --drift-posthoc"),
-        (["--drift-posthoc", "temperature", "--drift-family", "blur"], "'blur'"),
+        (
+            ["--drift-posthoc", "temperature", "--drift-family", "blur"],
+            "argument --drift-family: invalid choice: 'blur' (choose from 'corruption', ",
+        ),
     ],
 )
 def test_bad_drift_flags_are_one_line(upper_reversed, tmp_path, capsys, extra, message):
@@ -439,5 +442,16 @@ def test_bad_drift_flags_are_one_line(upper_reversed, tmp_path, capsys, extra, m
     with pytest.raises(SystemExit) as exit_:
         main(["calibrate", str(upper_reversed), *flags, *extra, "--output-dir", str(tmp_path)])
     assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "".join(err)  # argparse: usage, then error
+
+
+def test_calibrate_model_with_drift_alone_saves_the_drift_aware_calibration(
+    upper_reversed, tmp_path
+):
+    results, model = calibrate_model(
+        upper_reversed, DATA, tmp_path, drift_posthoc=["temperature"], **SMALL
+    )
+    assert {v for _, v, _ in rows(results)} == {"none", "temperature_drift"}
+    assert model.variant == "temperature_drift"
+    assert model.record["drift"]["variants"] == ["temperature_drift"]

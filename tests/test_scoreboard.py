@@ -83,21 +83,17 @@ def test_a_method_adapted_on_the_calibration_split_is_not_nominated():
     results = _selection(
         ("cross_entropy", "temperature", 0.850, 0.040, 0.40),
         ("ar_adals", "none", 0.850, 0.010, 0.30),  # adapted on these rows: not held out
-        ("ar_held", "none", 0.850, 0.020, 0.30),
+        ("label_smoothing", "none", 0.850, 0.020, 0.30),
     )
     results["recipe"] = {
         "methods": [
             {"name": "cross_entropy", "calibration_loss": "cross_entropy"},
             {"name": "ar_adals", "calibration_loss": "ar_adals", "loss_kwargs": {}},
-            {
-                "name": "ar_held",
-                "calibration_loss": "ar_adals",
-                "loss_kwargs": {"adaptation_set": "dev"},
-            },
+            {"name": "label_smoothing", "calibration_loss": "label_smoothing"},
         ]
     }
     assert scoreboard.trained_on_calibration(results) == ["ar_adals"]
-    assert scoreboard.nominate(results)["method"] == "ar_held"
+    assert scoreboard.nominate(results)["method"] == "label_smoothing"
 
 
 def test_the_scoreboard_names_the_recommended_recipe(finished):  # noqa: F811
@@ -140,9 +136,15 @@ def test_the_closest_method_is_the_lowest_shifted_ece_at_equal_accuracy():
     assert scoreboard._closest(rows, {}) is None
 
 
-def test_a_cpu_only_scoreboard_says_the_gpu_run_is_pending(finished):  # noqa: F811
-    out, _ = finished
+def test_a_cpu_only_scoreboard_says_the_gpu_run_is_pending(finished, tmp_path):  # noqa: F811
+    out, results = finished
     assert "GPU run: pending" in scoreboard.scoreboard({"Tiny shift": out})
+    gpu = tmp_path / "gpu"
+    shutil.copytree(out, gpu)
+    results = json.loads(json.dumps(results))
+    results["environment"]["devices"] = ["cuda: NVIDIA H200"]
+    (gpu / "results.json").write_text(json.dumps(results))
+    assert "GPU run: pending" not in scoreboard.scoreboard({"Tiny shift on a GPU": gpu})
 
 
 def test_an_unlabelled_shifted_set_counts_for_ood_detection_only(finished):  # noqa: F811

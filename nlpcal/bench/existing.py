@@ -28,7 +28,7 @@ from nlpcal.bench.store import MODEL_DIR, cell_folder
 if TYPE_CHECKING:
     from nlpcal.hub import CalibratedModel
 
-__all__ = ["calibrate_model", "evaluate_model", "existing_model_recipe"]
+__all__ = ["calibrate_model", "default_posthoc", "evaluate_model", "existing_model_recipe"]
 
 METHOD = "model"  # the one method of a run on an existing model: the model as it is
 
@@ -155,7 +155,8 @@ def calibrate_model(
     data: Data | Mapping[str, Any] | None = None,
     output_dir: str | os.PathLike[str] = "outputs/calibrate",
     *,
-    posthoc: Sequence[str] = ("temperature",),
+    posthoc: Sequence[str] | None = None,
+    drift_posthoc: Sequence[str] = (),
     **options: Any,
 ) -> tuple[dict[str, Any], CalibratedModel]:
     """Fit post-hoc calibrators to a fine-tuned classifier on ``data.calibration``, score it
@@ -166,8 +167,9 @@ def calibrate_model(
         model: a classifier folder or Hub id, or a recipe made by :func:`existing_model_recipe`.
         data: the ``data`` section, with ``calibration``.
         output_dir: the run folder; an earlier run there is replaced.
-        posthoc: the calibrators (default: temperature scaling; ``()`` with ``drift_posthoc``
-            to fit only drift-aware ones).
+        posthoc: the calibrators (default: :func:`default_posthoc`: temperature scaling,
+            none when ``drift_posthoc`` are given).
+        drift_posthoc: calibrators fitted drift-aware (see :func:`existing_model_recipe`).
         **options: the other keyword arguments of :func:`existing_model_recipe`.
 
     Returns:
@@ -179,7 +181,14 @@ def calibrate_model(
     if isinstance(model, Recipe):
         recipe = replace(model, save_model=True)
     else:
-        recipe = existing_model_recipe(model, data, posthoc=posthoc, save_model=True, **options)
+        recipe = existing_model_recipe(
+            model,
+            data,
+            posthoc=default_posthoc(posthoc, drift_posthoc),
+            drift_posthoc=drift_posthoc,
+            save_model=True,
+            **options,
+        )
     if not (recipe.methods[0].posthoc or recipe.methods[0].drift_posthoc):
         raise ValueError(
             "calibrate needs at least one post-hoc calibrator (posthoc=... or drift_posthoc=...)"
@@ -187,6 +196,21 @@ def calibrate_model(
     results = evaluate_model(recipe, output_dir=output_dir)
     folder = model_folder(recipe, output_dir)
     return results, load_calibrated(folder)
+
+
+def default_posthoc(
+    posthoc: Sequence[str] | None, drift_posthoc: Sequence[str] = ()
+) -> tuple[str, ...]:
+    """The calibrators that calibrating an existing model fits: ``posthoc`` when given, else
+    temperature scaling, or none when drift-aware ones are asked for (then the first of those is
+    the calibration saved).
+
+    >>> default_posthoc(None), default_posthoc(None, ["temperature"]), default_posthoc(["vector"])
+    (('temperature',), (), ('vector',))
+    """
+    if posthoc is not None:
+        return tuple(posthoc)
+    return () if drift_posthoc else ("temperature",)
 
 
 def model_folder(recipe: Recipe, output_dir: str | os.PathLike[str]) -> Path:

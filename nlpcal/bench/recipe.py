@@ -319,12 +319,7 @@ class DriftSpec(_Section):
     def __post_init__(self) -> None:
         object.__setattr__(self, "family", DriftFamily(self.family))
         object.__setattr__(self, "corruption", Corruption(self.corruption))
-        own = (
-            ("corruption", "severities")
-            if self.is_text
-            else ("levels", "accuracy_drop", "strengths")
-        )
-        own += ("steps",) if self.family is DriftFamily.GRADIENT else ()
+        own = self.family_keys(self.family)
         other = [
             f.name
             for f in fields(self)
@@ -347,8 +342,24 @@ class DriftSpec(_Section):
             except ValueError as err:
                 raise ValueError(f"data.calibration.drift.{err}") from None
 
+    @staticmethod
+    def family_keys(family: DriftFamily | str) -> tuple[str, ...]:
+        """The keys that apply to ``family`` (besides ``family`` and ``seed``).
+
+        >>> DriftSpec.family_keys("gradient")
+        ('levels', 'accuracy_drop', 'strengths', 'steps')
+        """
+        family = DriftFamily(family)
+        if family is DriftFamily.CORRUPTION:
+            return ("corruption", "severities")
+        return ("levels", "accuracy_drop", "strengths") + (
+            ("steps",) if family is DriftFamily.GRADIENT else ()
+        )
+
     def describe(self) -> str:
-        """The text copies in words, as the saved calibration record keeps them."""
+        """The copies in words, as the saved calibration record keeps them."""
+        if not self.is_text:
+            return f"{self.family.value} perturbations of the input embeddings, seed {self.seed}"
         severities = ", ".join(map(str, self.severities))
         return (
             f"{self.corruption.value} text corruptions at severities {severities}, seed {self.seed}"

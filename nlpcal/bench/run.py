@@ -128,6 +128,7 @@ class _Data:
     sets: dict[str, Dataset]
     label_maps: dict[str, LabelMap]
     drift: list[Dataset]
+    drift_description: str  # the drift-aware copies in words, for the saved record
     explain: dict[str, Dataset]  # the raw rows of each eval set that the report explains
     attacked: dict[str, Dataset]
 
@@ -229,6 +230,7 @@ def _load_data(recipe: Recipe) -> _Data:
         sets=prepared_sets,
         label_maps=label_maps,
         drift=[prepared(ds) for ds in drift],
+        drift_description=ladder.describe(),
         explain=explain,
         attacked={
             name: _attacked_set(prepared_sets[name], label_maps.get(name), name, recipe)
@@ -300,7 +302,7 @@ def _run_cell(recipe: Recipe, method: Method, seed: int, data: _Data, folder: Pa
             recipe.model, args, data.calibration, data.tokenizer, drift_datasets=drift
         )
     if drift:
-        trainer.drift_description = (recipe.data.calibration.drift or DriftSpec()).describe()
+        trainer.drift_description = data.drift_description
     calibrators = {**trainer.calibrators, **saved}
     features = any(c.requires_features for c in calibrators.values())
     outputs = Outputs({}, {}, {})
