@@ -888,13 +888,13 @@ class CalibratedTrainer(Trainer):
         }
 
     def _drift_record(self) -> dict[str, Any] | None:
-        """How the fitted drift-aware variants were fitted, for the calibration record."""
-        variants = [v for v in self.calibration["drift_variants"] if v in self.calibrators]
-        if not variants or not self._drift_copies:
+        """How the drift-aware variants were fitted, for the calibration record (which keeps
+        the variants it saves)."""
+        if not self._drift_copies:
             return None
         schedule = self.drift_schedule
         return {
-            "variants": variants,
+            "variants": list(self.calibration["drift_variants"]),
             "perturbation": self.calibration["drift_perturbation"] or "given",
             "description": None if schedule else self.drift_description,
             "copies": self._drift_copies,
