@@ -19,7 +19,9 @@ schedule take the accuracy towards chance? The rule, fixed before any number was
 
 Candidates: ``corruption`` (text, severities 1-5), and for each embedding family (``gaussian``,
 ``gradient``) and each ``accuracy_drop`` (default 0.5 and 0.9), ``levels`` (default 10) copies at
-strengths searched on the fitting fold. The fitting time of each, against plain temperature
+strengths searched on the fitting fold (a candidate whose search fails on a fold, because its
+strongest perturbation leaves the accuracy above a level's target, is listed under ``not_scored``
+with the reason). The fitting time of each, against plain temperature
 scaling, is measured in the same run on the whole calibration split (``CalibratedTrainer.calibrate``;
 for the text family including corrupting and tokenizing its copies).
 
@@ -118,23 +120,30 @@ def main() -> None:
         folds = [torch.nonzero(fold_of == f).flatten() for f in (0, 1)]
 
         # Each candidate's fitting logits per fitting fold (the text one per held-out corruption).
+        # A candidate whose schedule cannot be found on a fold (the strongest perturbation tried
+        # leaves the accuracy above a level's target) is reported with the reason and not scored.
         embedding = {}
         schedules = {}
+        failed = {}
         for family in args.families:
             for drop in args.drops:
                 name = f"{family}_drop{drop:g}"
                 drift_args = _arguments(folder, args, family=family, drop=drop)
                 fitter = nlpcal.CalibratedTrainer(model, drift_args, processing_class=tokenizer)
-                embedding[name], schedules[name] = [], []
-                for rows in folds:
-                    fitter.drift_schedule = None
-                    copies = fitter.drift_predictions(
-                        n=len(rows), dataset=clean_set.select(rows.tolist())
-                    )
-                    embedding[name].append(
-                        torch.cat([clean.logits[rows], *(p.logits for p in copies)])
-                    )
-                    schedules[name].append(fitter.drift_schedule.to_dict())
+                fits, found = [], []
+                try:
+                    for rows in folds:
+                        fitter.drift_schedule = None
+                        copies = fitter.drift_predictions(
+                            n=len(rows), dataset=clean_set.select(rows.tolist())
+                        )
+                        fits.append(torch.cat([clean.logits[rows], *(p.logits for p in copies)]))
+                        found.append(fitter.drift_schedule.to_dict())
+                except ValueError as error:
+                    failed[name] = str(error)
+                    print(f"{name}: not scored: {error}")
+                    continue
+                embedding[name], schedules[name] = fits, found
 
         def fitted(logits: torch.Tensor, rows: torch.Tensor) -> float:
             copies = len(logits) // len(rows)
@@ -195,12 +204,12 @@ def main() -> None:
             _calibrate(nlpcal, model, tokenizer, clean_set, text_args, copies)
 
         timing["corruption"] = _timed(text_fit)
-        for family in args.families:
-            for drop in args.drops:
-                drift_args = _arguments(folder, args, family=family, drop=drop)
-                timing[f"{family}_drop{drop:g}"] = _timed(
-                    lambda a=drift_args: _calibrate(nlpcal, model, tokenizer, clean_set, a)
-                )
+        for name in embedding:
+            family, drop = name.split("_drop")
+            drift_args = _arguments(folder, args, family=family, drop=float(drop))
+            timing[name] = _timed(
+                lambda a=drift_args: _calibrate(nlpcal, model, tokenizer, clean_set, a)
+            )
 
     accuracy = float((clean.logits.argmax(-1) == labels).float().mean())
     result = {
@@ -219,6 +228,7 @@ def main() -> None:
             }
             for name in names
         },
+        "not_scored": failed,
         "calibration": {"source": args.calibration, "rows": n, "accuracy": round(accuracy, 4)},
         "model": args.model,
         "train": None

@@ -121,7 +121,7 @@ def test_size_rule(prepare, tmp_path):
     assert prepare.git_tree_size() > 0
 
 
-@pytest.mark.slow  # four runner processes on CPU: about two minutes
+@pytest.mark.slow  # four runner processes and drift_default.py on CPU: about four minutes
 def test_smoke_run_brings_the_results_back(carry, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     done = subprocess.run(
@@ -138,7 +138,7 @@ def test_smoke_run_brings_the_results_back(carry, tmp_path):
     log = (out / "log.txt").read_text()
     assert "all 6 wheels install" in log
     timings = json.loads((out / "timings.json").read_text())
-    assert [p["status"] for p in timings["phases"]] == ["ok"] * 4
+    assert [p["status"] for p in timings["phases"]] == ["ok"] * 5
     sst2 = json.loads((out / "sst2_shift_results.json").read_text())
     nli = json.loads((out / "snli_mnli_results.json").read_text())
     for results in (sst2, nli):
@@ -153,6 +153,11 @@ def test_smoke_run_brings_the_results_back(carry, tmp_path):
         members = tar.getnames()
     assert "runs/sst2_shift/report.html" in members
     assert "runs/snli_mnli/cells/cross_entropy/seed_0/result.json" in members
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        drift = json.load(tar.extractfile("runs/drift_default/drift_default.json"))
+    assert drift["chosen"] in drift["candidates"] and drift["calibration"]["rows"] == 128
+    with tarfile.open(out / "predictions.tar.gz") as tar:
+        assert "runs/sst2_shift/cells/cme/seed_0/predictions.npz" in tar.getnames()
     assert not [m for m in members if m.endswith(".safetensors")]
 
 
