@@ -9,7 +9,7 @@
 #
 # Options: --carry DIR (default .gpu_carry, filled by benchmarks/gpu/prepare.py), --work DIR (the
 # run folder, default a new temporary folder), --budget SECONDS (the time guard: no phase runs past
-# it; default 520, smoke 900). Environment: PYTHON (default python3), OUT (default WORK/out).
+# it; default 520, smoke 900), --phases A,B (only these phases, in the order below). Environment: PYTHON (default python3), OUT (default WORK/out).
 #
 # Phases, in order of value, all in the same run folders (the runner resumes, keeping finished
 # cells, and rewrites the report after each phase): sst2_shift (seed 0), snli_mnli, drift_default
@@ -28,12 +28,14 @@ MODE=full
 CARRY=$REPO/.gpu_carry
 WORK=
 BUDGET=
+ONLY=
 while (($#)); do
   case $1 in
     --smoke) MODE=smoke ;;
     --carry) CARRY=$2; shift ;;
     --work) WORK=$2; shift ;;
     --budget) BUDGET=$2; shift ;;
+    --phases) ONLY=",$2,"; shift ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -49,6 +51,13 @@ if [[ -z $BUDGET ]]; then
   if [[ $MODE == full ]]; then BUDGET=520; else BUDGET=900; fi
 fi
 PHASES=(sst2_shift snli_mnli drift_default sst2_shift_seeds01 sst2_shift_seeds012)
+for phase in ${ONLY//,/ }; do
+  [[ " ${PHASES[*]} " == *" $phase "* ]] || { echo "run.sh: unknown phase $phase (known: ${PHASES[*]})" >&2; exit 2; }
+done
+if [[ -n $ONLY ]]; then
+  for i in "${!PHASES[@]}"; do [[ $ONLY == *",${PHASES[i]},"* ]] || unset "PHASES[i]"; done
+  PHASES=("${PHASES[@]}")
+fi
 RESERVE=20  # seconds kept for packing the results
 
 log() { printf '[run.sh %4ds] %s\n' "$SECONDS" "$*"; }
