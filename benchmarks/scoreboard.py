@@ -4,7 +4,7 @@ Each shift is one finished run of ``nlpcal bench`` (its ``results.json``); nothi
 
     python benchmarks/scoreboard.py \
         --run "SST-2 → IMDb / Yelp / Amazon=benchmarks/results/sst2_overconfident_cpu" \
-        --out BENCHMARKS.md
+        --drift-default benchmarks/results/drift_default.json --out BENCHMARKS.md
 
 For each run: one row per method and variant (uncalibrated, each post-hoc calibrator, the seed
 ensembles) with in-domain accuracy, ECE ×100 with 10 bins (the Desai & Durrett protocol) and 15
@@ -24,6 +24,7 @@ from typing import Any
 
 BASELINE = ("cross_entropy", "temperature")
 TOLERANCE = 0.005  # "at equal accuracy": within half a point of the baseline
+OVERCONFIDENCE = 0.03  # the regime: mean confidence at least this far above accuracy
 ENSEMBLE = "ensemble"
 
 
@@ -163,9 +164,10 @@ def _regime(results: Mapping[str, Any]) -> list[str]:
         if cell["method"] != BASELINE[0] or values is None:
             continue
         gap = values["confidence"] - values["accuracy"]
+        short = "" if gap >= OVERCONFIDENCE else f" — short of the +{OVERCONFIDENCE:.2f} margin"
         lines.append(
             f"seed {cell['seed']}: accuracy {values['accuracy']:.3f}, mean confidence "
-            f"{values['confidence']:.3f} ({gap:+.3f}), ECE-15 {values['ece']:.3f}"
+            f"{values['confidence']:.3f} ({gap:+.3f}), ECE-15 {values['ece']:.3f}{short}"
         )
     return lines
 
@@ -222,7 +224,11 @@ def section(title: str, folder: str | Path, results: Mapping[str, Any]) -> str:
         )
     regime = _regime(results)
     if regime:
-        lines += ["", "Plain fine-tuning on the calibration split (the over-confident regime):"]
+        lines += [
+            "",
+            "Plain fine-tuning on the calibration split (the over-confident regime needs mean "
+            f"confidence at least {OVERCONFIDENCE:.2f} above accuracy):",
+        ]
         lines += [f"- {line}" for line in regime]
     chosen = nominate(results)
     if chosen is not None:
@@ -322,8 +328,58 @@ def _pending(folder: str | Path, results: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def scoreboard(runs: Mapping[str, str | Path], preamble: str = "") -> str:
-    """The whole BENCHMARKS.md from the named run folders."""
+def drift_section(path: str | Path) -> str:
+    """The markdown section of ``benchmarks/drift_default.py``'s result: the default drift
+    perturbation, chosen on the calibration split alone, and each candidate's fitting time."""
+    result = json.loads(Path(path).read_text())
+    calibration, train = result["calibration"], result["train"]
+    trained = (
+        f"fine-tuned on {train['rows']:,} rows of `{train['source']}` for {train['epochs']:g} epochs"
+        if train
+        else "as given"
+    )
+    lines = [
+        "## Drift-aware fitting: the default perturbation",
+        "",
+        f"- Result: `{path}` — command `{result['command']}`"
+        + (
+            " (the `drift_default` phase of `bash benchmarks/gpu/run.sh`)"
+            if "cuda" in result["device"]
+            else ""
+        ),
+        f"- Device: {result['device']}; python {result['versions']['python']}, torch "
+        f"{result['versions']['torch']}, transformers {result['versions']['transformers']}; "
+        f"{result['wall_seconds'] / 60:.1f} min in all",
+        f"- Model: `{result['model']}`, {trained}; calibration split: {calibration['rows']:,} rows "
+        f"of `{calibration['source']}` (accuracy {calibration['accuracy']:.3f})",
+        f"- Rule (fixed before the run, `benchmarks/drift_default.py`): {result['rule']}",
+        "",
+        "| candidate | held-out ECE-15×100 | in-domain ECE-15×100 | fit time | × plain |",
+        "|---|---|---|---|---|",
+    ]
+    for name, c in result["candidates"].items():
+        mark = " **(chosen)**" if name == result["chosen"] else ""
+        lines.append(
+            f"| `{name}`{mark} | {100 * c['held_out_ece']:.2f} | {100 * c['in_domain_ece']:.2f} "
+            f"| {c['fit_seconds']:.2f} s | {c['fit_time_vs_plain']:.1f} |"
+        )
+    for name, reason in result.get("not_scored", {}).items():
+        lines.append(f"| `{name}` | not scored: {reason} | | | |")
+    lines += [
+        "",
+        "`plain` is temperature scaling on the clean rows; the others fit one temperature on the "
+        "clean rows plus perturbed copies (`corruption`: text corruptions at severities 1–5; "
+        "`gaussian`/`gradient`: embedding perturbations whose accuracy falls by `drop` of the way "
+        "to chance). Fit times include building the copies, on the whole calibration split.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def scoreboard(
+    runs: Mapping[str, str | Path], preamble: str = "", drift_default: str | Path | None = None
+) -> str:
+    """The whole BENCHMARKS.md from the named run folders (and ``drift_default.py``'s result)."""
     parts = [
         "# Benchmarks: the scoreboard",
         "",
@@ -347,6 +403,8 @@ def scoreboard(runs: Mapping[str, str | Path], preamble: str = "") -> str:
             "",
         ]
     parts += [section(title, runs[title], results) for title, results in loaded.items()]
+    if drift_default is not None:
+        parts.append(drift_section(drift_default))
     return "\n".join(parts)
 
 
@@ -359,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="TITLE=FOLDER of a finished run (repeat, in order)",
     )
     parser.add_argument("--preamble", type=Path, help="a markdown file placed after the title")
+    parser.add_argument(
+        "--drift-default", type=Path, help="the result of benchmarks/drift_default.py"
+    )
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     args = parser.parse_args(argv)
     runs = {}
@@ -368,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error(f"--run takes TITLE=FOLDER, got {spec!r}")
         runs[title] = folder
     preamble = args.preamble.read_text() if args.preamble else ""
-    args.out.write_text(scoreboard(runs, preamble))
+    args.out.write_text(scoreboard(runs, preamble, args.drift_default))
     print(args.out)
 
 

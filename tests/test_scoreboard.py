@@ -160,3 +160,44 @@ def test_an_unlabelled_shifted_set_counts_for_ood_detection_only(finished):  # n
     assert row["ece_out"][0] == cell["metrics"]["sst2_c5"]["none"]["ece"]  # the labelled set
     both = [cell["metrics"][s]["none"]["ood_auroc"] for s in ("imdb", "sst2_c5")]
     assert row["ood_auroc"][0] == pytest.approx(sum(both) / 2)
+
+
+def test_the_regime_line_says_when_plain_fine_tuning_is_short_of_over_confident():
+    def cell(seed, accuracy, confidence):
+        values = {"accuracy": accuracy, "confidence": confidence, "ece": confidence - accuracy}
+        return {"method": "cross_entropy", "seed": seed, "calibration_split": {"none": values}}
+
+    lines = scoreboard._regime({"cells": [cell(0, 0.80, 0.87), cell(1, 0.946, 0.965)]})
+    assert len(lines) == 2
+    assert "(+0.070)" in lines[0] and "short" not in lines[0]
+    assert "(+0.019)" in lines[1] and "short of the +0.03 margin" in lines[1]
+
+
+def test_the_drift_default_section_marks_the_chosen_candidate(tmp_path):
+    def candidate(held_out, seconds):
+        return {
+            "held_out_ece": held_out,
+            "in_domain_ece": 0.05,
+            "fit_seconds": seconds,
+            "fit_time_vs_plain": seconds / 0.1,
+        }
+
+    result = {
+        "rule": "lowest held-out ECE",
+        "chosen": "corruption",
+        "candidates": {"plain": candidate(0.08, 0.1), "corruption": candidate(0.05, 1.0)},
+        "not_scored": {"gradient_drop0.9": "the strongest perturbation tried ..."},
+        "calibration": {"source": "shared:sst2/dev", "rows": 1000, "accuracy": 0.84},
+        "model": "m",
+        "train": {"source": "shared:sst2/train", "rows": 1000, "epochs": 8},
+        "device": "cpu",
+        "versions": {"python": "3.12", "torch": "2", "transformers": "5"},
+        "command": "python benchmarks/drift_default.py",
+        "wall_seconds": 60.0,
+    }
+    path = tmp_path / "drift_default.json"
+    path.write_text(json.dumps(result))
+    text = scoreboard.drift_section(path)
+    assert "| `corruption` **(chosen)** | 5.00 | 5.00 | 1.00 s | 10.0 |" in text
+    assert "| `plain` | 8.00 |" in text
+    assert "`gradient_drop0.9` | not scored" in text
