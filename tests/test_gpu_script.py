@@ -156,6 +156,7 @@ def test_smoke_run_brings_the_results_back(carry, tmp_path):
     with tarfile.open(out / "runs.tar.gz") as tar:
         drift = json.load(tar.extractfile("runs/drift_default/drift_default.json"))
     assert drift["chosen"] in drift["candidates"] and drift["calibration"]["rows"] == 128
+    assert "gaussian_drop0.9" in drift["candidates"] and drift["not_scored"] == {}
     with tarfile.open(out / "predictions.tar.gz") as tar:
         assert "runs/sst2_shift/cells/cme/seed_0/predictions.npz" in tar.getnames()
     assert not [m for m in members if m.endswith(".safetensors")]
@@ -163,3 +164,14 @@ def test_smoke_run_brings_the_results_back(carry, tmp_path):
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_an_unknown_phase_is_refused_before_anything_runs(tmp_path):
+    done = subprocess.run(
+        ["bash", str(GPU / "run.sh"), "--phases", "drift_default, nope", "--carry", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "unknown phase nope (known: sst2_shift drift_default snli_mnli" in done.stderr

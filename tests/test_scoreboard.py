@@ -177,6 +177,7 @@ def test_the_drift_default_section_marks_the_chosen_candidate(tmp_path):
     def candidate(held_out, seconds):
         return {
             "held_out_ece": held_out,
+            "held_out_ece_by_corruption": {"typo": held_out, "word_swap": held_out},
             "in_domain_ece": 0.05,
             "fit_seconds": seconds,
             "fit_time_vs_plain": seconds / 0.1,
@@ -201,3 +202,15 @@ def test_the_drift_default_section_marks_the_chosen_candidate(tmp_path):
     assert "| `corruption` **(chosen)** | 5.00 | 5.00 | 1.00 s | 10.0 |" in text
     assert "| `plain` | 8.00 |" in text
     assert "`gradient_drop0.9` | not scored" in text
+    assert "fine-tuned on 1,000 rows" in text
+    assert "its fit with `word_swap` held out (the last" in text  # written before the average
+
+    # A result of the current script: in-domain ECE averaged, a fit that failed on the whole
+    # split, a model taken as it is.
+    result["compared"] = ["plain", "corruption", "gaussian_drop0.5"]
+    result["candidates"]["gaussian_drop0.5"] = {**candidate(0.06, 1.0), "fit_seconds": None}
+    result["train"] = None
+    path.write_text(json.dumps(result))
+    text = scoreboard.drift_section(path)
+    assert "| `gaussian_drop0.5` | 6.00 | 5.00 | – | – |" in text
+    assert "`m`, as given" in text and "held out (the last" not in text

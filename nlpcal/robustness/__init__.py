@@ -2,7 +2,7 @@
 perturbed copies of held-out data for drift-aware post-hoc fitting."""
 
 from nlpcal.functional.robustness import AttackNorm
-from nlpcal.robustness.drift import DriftSchedule, EmbeddingDrift
+from nlpcal.robustness.drift import DriftSchedule, DriftScheduleError, EmbeddingDrift
 from nlpcal.robustness.embedding import (
     EmbeddingPerturbation,
     RobustnessMode,
@@ -28,6 +28,7 @@ __all__ = [
     "AttackNorm",
     "DatasetRobustness",
     "DriftSchedule",
+    "DriftScheduleError",
     "EmbeddingDrift",
     "EmbeddingPerturbation",
     "PerturbedPredictions",

@@ -24,7 +24,13 @@ from nlpcal.robustness.embedding import (
 )
 from nlpcal.robustness.measure import PerturbedPredictions, perturb_dataset
 
-__all__ = ["DriftSchedule", "EmbeddingDrift"]
+__all__ = ["DriftSchedule", "DriftScheduleError", "EmbeddingDrift"]
+
+
+class DriftScheduleError(ValueError):
+    """No strength schedule of the asked shape exists for this perturbation family on these data
+    (the model is not above the family's floor, the steps are under one example, or the strongest
+    strength tried leaves the accuracy above a level's target)."""
 
 
 @dataclass(frozen=True)
@@ -193,9 +199,9 @@ class EmbeddingDrift:
             strengths: a schedule found earlier on the same data, to rebuild its copies.
 
         Raises:
-            ValueError: the data are too small or the model not above chance on them, so that
-                no ladder of ``levels`` accuracy steps exists; or the strongest perturbation
-                leaves the accuracy above a level's target.
+            DriftScheduleError: (a ``ValueError``) the data are too small or the model not above
+                chance on them, so that no ladder of ``levels`` accuracy steps exists; or the
+                strongest perturbation leaves the accuracy above a level's target.
         """
         targets = None
         strengths = strengths if strengths is not None else self.strengths
@@ -248,7 +254,7 @@ class EmbeddingDrift:
         unreached = high == math.log(self.max_strength)
         if bool(unreached.any()):
             level = int(unreached.nonzero()[0])
-            raise ValueError(
+            raise DriftScheduleError(
                 f"the strongest {self.family.value} perturbation tried (near max_strength="
                 f"{self.max_strength}) leaves the calibration data's accuracy at "
                 f"{float(accuracies[level]):.3f}, above level {level + 1}'s target "
@@ -259,7 +265,7 @@ class EmbeddingDrift:
 
     def _targets(self, clean: float, floor: float, classes: int, rows: int) -> torch.Tensor:
         if clean <= floor:
-            raise ValueError(
+            raise DriftScheduleError(
                 f"the model's accuracy on the calibration data ({clean:.3f}) is not above chance "
                 f"(1/{classes}) or above its accuracy at max_strength={self.max_strength} "
                 f"({floor:.3f}): there is no accuracy ladder to descend; fine-tune the model "
@@ -267,7 +273,7 @@ class EmbeddingDrift:
             )
         step = self.accuracy_drop * (clean - floor) / self.levels
         if step * rows < 1:
-            raise ValueError(
+            raise DriftScheduleError(
                 f"the calibration data ({rows} rows, accuracy {clean:.3f}, floor {floor:.3f}) are "
                 f"too small for levels={self.levels} with accuracy_drop={self.accuracy_drop}: each "
                 f"level lowers the accuracy by {step:.4f}, less than one example (1/{rows}); use "

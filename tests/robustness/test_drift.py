@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nlpcal import CalibratedTrainer
-from nlpcal.robustness import EmbeddingDrift, perturbed_outputs
+from nlpcal.robustness import DriftScheduleError, EmbeddingDrift, perturbed_outputs
 from tests.conftest import tiny_batch, tiny_model
 from tests.test_trainer import make_args, signal_dataset
 
@@ -100,7 +100,7 @@ def test_bad_arguments_are_named(kwargs, message):
 
 
 def test_a_calibration_split_too_small_for_the_ladder_is_refused(trainer):
-    with pytest.raises(ValueError, match=r"\(6 rows, .* too small for levels=10"):
+    with pytest.raises(DriftScheduleError, match=r"\(6 rows, .* too small for levels=10"):
         EmbeddingDrift("gradient", levels=10)(trainer, signal_dataset(6, seed=3))
 
 
@@ -111,5 +111,5 @@ def test_a_model_at_chance_has_no_ladder(tmp_path):
     accuracy = untrained.predictions(data).logits.argmax(-1).eq(torch.tensor(data["label"]))
     if float(accuracy.float().mean()) > 0.5:
         pytest.skip("this random model happens to be above chance")
-    with pytest.raises(ValueError, match="no accuracy ladder to descend"):
+    with pytest.raises(DriftScheduleError, match="no accuracy ladder to descend"):
         EmbeddingDrift("gaussian", levels=2, search_steps=1)(untrained, data)
