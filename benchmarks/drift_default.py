@@ -68,6 +68,12 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=["gaussian", "gradient"])
     parser.add_argument("--drops", nargs="+", type=float, default=[0.5, 0.9])
     parser.add_argument("--levels", type=int, default=10)
+    parser.add_argument(
+        "--search-steps", type=int, default=8, help="rounds of each strength search"
+    )
+    parser.add_argument(
+        "--corruptions", nargs="+", help="the corruptions left out in turn (default: all nine)"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -91,6 +97,10 @@ def main() -> None:
     from nlpcal.data.prepare import load_tokenizer, subsample, tokenize
     from nlpcal.robustness import DriftScheduleError
 
+    corruptions = args.corruptions or list_corruptions()
+    if set(corruptions) - set(list_corruptions()) or len(set(corruptions)) < 2:
+        parser.error(f"--corruptions takes two or more of {list_corruptions()}, got {corruptions}")
+
     with tempfile.TemporaryDirectory() as folder:
         plain = _arguments(folder, args, posthoc="none")
         calibration = load_source(args.calibration, args.task, args.data_dir)
@@ -110,7 +120,6 @@ def main() -> None:
         clean_set = prepared(calibration)
         clean = trainer.predictions(clean_set, "calibration")
         labels = clean.labels
-        corruptions = list_corruptions()
         corrupted = {
             c: [
                 trainer.predictions(
@@ -252,6 +261,8 @@ def main() -> None:
         if not args.train
         else {"source": args.train, "rows": args.train_samples, "epochs": args.epochs},
         "levels": args.levels,
+        "search_steps": args.search_steps,
+        "corruptions": corruptions,
         "device": device_name(trainer.args.device),
         "threads": args.threads,
         "tf32": tf32,
@@ -313,6 +324,7 @@ def _arguments(folder: str, args: argparse.Namespace, **drift: Any) -> Any:
             "drift_perturbation_kwargs": {
                 "levels": args.levels,
                 "accuracy_drop": drift["drop"],
+                "search_steps": args.search_steps,
                 "seed": args.seed,
             },
         }

@@ -143,12 +143,15 @@ recipe_path() {  # the recipe file of phase $1
 phase_command() {  # the command of phase $1, run in WORK, into the array CMD
   if [[ $1 != drift_default ]]; then
     CMD=("$PY" -m nlpcal bench --recipe "$(recipe_path "$1")" --output-dir "runs/${1%%_seeds*}")
-    return
+    # Smoke: the later seeds for cross-entropy alone (resume and ensembles are one path for all).
+    [[ $MODE == smoke && $1 == *_seeds* ]] && CMD+=(--methods cross_entropy)
+    return 0
   fi
   local size=()
   # Smoke: a model above chance on 64 rows a fold, the Gaussian family (the search and fits are
-  # the same code for both; signed-gradient steps would take minutes on CPU).
-  [[ $MODE == smoke ]] && size=(--train-samples 64 --epochs 2 --n 128 --max-length 32 --families gaussian --levels 2 --drops 0.9)
+  # the same code for both; signed-gradient steps would take minutes on CPU), three corruptions.
+  [[ $MODE == smoke ]] && size=(--train-samples 64 --epochs 2 --n 128 --families gaussian
+    --levels 2 --drops 0.5 --search-steps 5 --corruptions char_swap word_drop punctuation)
   # One batch per fold on the GPU: the strength searches' passes are bound by launches, not size.
   ((CUDA)) && size+=(--batch-size 1024) || size+=(--use-cpu)
   CMD=("$PY" "$REPO/benchmarks/drift_default.py" --model model/all-MiniLM-L6-v2
