@@ -347,7 +347,13 @@ def drift_section(path: str | Path) -> str:
         f"{result['wall_seconds'] / 60:.1f} min in all",
         f"- Model: `{result['model']}`, {trained}; calibration split: {calibration['rows']:,} rows "
         f"of `{calibration['source']}` (accuracy {calibration['accuracy']:.3f})",
-        f"- Rule (fixed before the run, `benchmarks/drift_default.py`): {result['rule']}",
+        f"- Rule (fixed before the run, `benchmarks/drift_default.py`): {result['rule']}"
+        + (
+            f"; corruptions left out in turn: {', '.join(result['corruptions'])}; "
+            f"{result['levels']} levels, {result['search_steps']} search rounds"
+            if "corruptions" in result
+            else ""
+        ),
         "",
         "| candidate | held-out ECE-15×100 | in-domain ECE-15×100 | fit time | × plain |",
         "|---|---|---|---|---|",
@@ -365,6 +371,8 @@ def drift_section(path: str | Path) -> str:
         )
     for name, reason in result.get("not_scored", {}).items():
         lines.append(f"| `{name}` | not scored: {reason} | | | |")
+    for name, reason in result.get("not_timed", {}).items():
+        lines.append(f"| `{name}` (fit time) | not timed: {reason} | | | |")
     lines += [
         "",
         "`plain` is temperature scaling on the clean rows; the others fit one temperature on the "

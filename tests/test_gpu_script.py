@@ -172,12 +172,19 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_an_unknown_phase_is_refused_before_anything_runs(tmp_path):
-    done = subprocess.run(
-        ["bash", str(GPU / "run.sh"), "--phases", "drift_default, nope", "--carry", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def test_phases_are_checked_before_anything_runs(tmp_path):
+    def run(phases):
+        return subprocess.run(
+            ["bash", str(GPU / "run.sh"), "--phases", phases, "--carry", str(tmp_path / "none")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    done = run("drift_default,nope")
     assert done.returncode == 2
     assert "unknown phase nope (known: sst2_shift drift_default snli_mnli" in done.stderr
+    assert run(",").returncode == 2 and "names no phase" in run(",").stderr
+    # A valid selection (spaces allowed) gets as far as the missing carry folder.
+    done = run("sst2_shift, drift_default")
+    assert done.returncode == 1 and "no carry folder" in done.stderr

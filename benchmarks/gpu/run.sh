@@ -37,13 +37,14 @@ while (($#)); do
     --carry) CARRY=$2; shift ;;
     --work) WORK=$2; shift ;;
     --budget) BUDGET=$2; shift ;;
-    --phases) ONLY=",${2// /},"; shift ;;
+    --phases) ONLY=",${2// /},"; [[ $ONLY == *[!,]* ]] || { echo "run.sh: --phases names no phase" >&2; exit 2; }; shift ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
 PHASES=(sst2_shift drift_default snli_mnli sst2_shift_seeds01 sst2_shift_seeds012)
-for phase in ${ONLY//,/ }; do
+IFS=, read -ra SELECTED <<<"${ONLY#,}"
+for phase in "${SELECTED[@]}"; do
   [[ " ${PHASES[*]} " == *" $phase "* ]] || { echo "run.sh: unknown phase $phase (known: ${PHASES[*]})" >&2; exit 2; }
 done
 if [[ -n $ONLY ]]; then
@@ -207,6 +208,8 @@ pack() {
     log "runs.tar.gz over 16 MiB: packed again without figures and HTML reports"
     tar -czf "$OUT/runs.tar.gz" -C "$WORK" --exclude='*/model' --exclude='*.safetensors' \
       --exclude='*.npz' --exclude='*.png' --exclude='*.html' runs
+    (($(stat -c %s "$OUT/runs.tar.gz") <= 16 * 1024 * 1024 - 4096)) ||
+      log "runs.tar.gz still over 16 MiB: it will not come back (the <run>_results files will)"
   fi
   (cd "$WORK" && find runs -name '*.npz' -print0 | tar -czf "$OUT/predictions.tar.gz" --null -T -)
   if (($(stat -c %s "$OUT/predictions.tar.gz") > 16 * 1024 * 1024 - 4096)); then

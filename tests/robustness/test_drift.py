@@ -104,6 +104,13 @@ def test_a_calibration_split_too_small_for_the_ladder_is_refused(trainer):
         EmbeddingDrift("gradient", levels=10)(trainer, signal_dataset(6, seed=3))
 
 
+def test_a_search_that_cannot_reach_a_level_is_a_schedule_error(trainer):
+    # One bisection round cannot bring the last level (all the way to the floor) below max.
+    short = EmbeddingDrift("gaussian", levels=2, accuracy_drop=1.0, search_steps=1)
+    with pytest.raises(DriftScheduleError, match="strongest gaussian perturbation tried"):
+        short(trainer, signal_dataset(60, seed=3))
+
+
 def test_a_model_at_chance_has_no_ladder(tmp_path):
     args = make_args(tmp_path, max_steps=1, learning_rate=1e-9, posthoc="none")
     untrained = CalibratedTrainer(tiny_model("bert", seed=1), args)
