@@ -4,7 +4,12 @@ Each shift is one finished run of ``nlpcal bench`` (its ``results.json``); nothi
 
     python benchmarks/scoreboard.py \
         --run "SST-2 → IMDb / Yelp / Amazon=benchmarks/results/sst2_overconfident_cpu" \
+        --run "AG News → its corrupted copies=benchmarks/results/agnews_corrupt_overconfident_cpu" \
+        --run "SST-2 → IMDb / Yelp / Amazon, full scale on one GPU=benchmarks/results/gpu_h200/sst2_shift" \
+        --run "SNLI → MNLI, full scale on one GPU=benchmarks/results/gpu_h200/snli_mnli" \
         --drift-default benchmarks/results/drift_default.json --out BENCHMARKS.md
+
+(the command that builds this repository's BENCHMARKS.md).
 
 For each run: one row per method and variant (uncalibrated, each post-hoc calibrator, the seed
 ensembles) with in-domain accuracy, ECE ×100 with 10 bins (the Desai & Durrett protocol) and 15
