@@ -23,6 +23,7 @@ from nlpcal.bench import (
     run_bench,
     shift_metrics,
 )
+from nlpcal.bench.store import Outputs, load_predictions, save_predictions
 from nlpcal.data.prepare import DEFAULT_MODEL
 from tests.conftest import tiny_model
 
@@ -208,18 +209,44 @@ def test_cell_metrics_are_those_of_its_saved_probabilities(finished):
     out, results = finished
     saved = np.load(out / "cells" / "ce" / "seed_1" / "predictions.npz")
     cell = next(c for c in results["cells"] if (c["method"], c["seed"]) == ("ce", 1))
+    # The confidence score is the top probability: left out of the file, recomputed on loading.
+    assert not [key for key in saved.files if key.startswith("ood/")]
+    ood = load_predictions(out / "cells" / "ce" / "seed_1", "confidence").ood
     expected = shift_metrics(
         saved["probs/sst2_c5/vector"],
         saved["labels/sst2_c5"],
-        ood=saved["ood/sst2_c5/vector"],
-        in_domain_ood=saved["ood/sst2/vector"],
+        ood=ood["sst2_c5"]["vector"],
+        in_domain_ood=ood["sst2"]["vector"],
     )
-    np.testing.assert_allclose(saved["ood/sst2/vector"], saved["probs/sst2/vector"].max(1))
+    np.testing.assert_allclose(ood["sst2"]["vector"], saved["probs/sst2/vector"].max(1))
     assert cell["metrics"]["sst2_c5"]["vector"] == pytest.approx(expected)
     # Post-hoc scaling never changes the argmax; vector scaling may.
     before, after = saved["probs/sst2/none"], saved["probs/sst2/temperature"]
     assert (before.argmax(1) == after.argmax(1)).all()
     np.testing.assert_allclose(after.sum(1), 1, atol=1e-5)
+
+
+def test_predictions_keep_only_the_ood_scores_loading_cannot_recompute(tmp_path):
+    probs = np.array([[0.9, 0.1], [0.3, 0.7]], dtype=np.float32)
+    energy = np.array([-1.5, -0.5], dtype=np.float32)
+    outputs = Outputs(
+        probs={"a": {"none": probs, "temperature": probs}},
+        ood={"a": {"none": probs.max(1), "temperature": energy}},
+        labels={"a": np.array([0, 1])},
+    )
+    save_predictions(tmp_path, outputs)
+    with np.load(tmp_path / "predictions.npz") as saved:
+        assert "ood/a/temperature" in saved and "ood/a/none" not in saved.files
+    loaded = load_predictions(tmp_path, "energy")
+    np.testing.assert_array_equal(loaded.ood["a"]["none"], probs.max(1))
+    np.testing.assert_array_equal(loaded.ood["a"]["temperature"], energy)
+    # A file from before OOD scores were stored holds none: only the confidence score is known.
+    np.savez_compressed(tmp_path / "predictions.npz", **{"labels/a": [0, 1], "probs/a/none": probs})
+    assert load_predictions(tmp_path, "confidence").ood["a"]["none"].tolist() == pytest.approx(
+        [0.9, 0.7]
+    )
+    with pytest.raises(ValueError, match=r"holds no OOD scores.*'energy'"):
+        load_predictions(tmp_path, "energy")
 
 
 def test_shift_metrics_ood_auroc_is_one_half_for_the_same_set_and_one_when_separated():

@@ -5,6 +5,8 @@ A run folder holds::
     recipe.json                      the normalised recipe, checked on resume
     cells/<method>/seed_<seed>/
         predictions.npz              labels/<set>, probs/<set>/<variant> and ood/<set>/<variant>
+                                     (left out where it is the largest class probability,
+                                     which the flag ood_implied says)
         explain.json                 token heat maps of a few rows (recipe `explain`, first seed)
         result.json                  the cell's metrics, written last: the cell is finished
         model/                       the calibrated model, when the recipe saves it
@@ -48,6 +50,8 @@ __all__ = [
 RECIPE_NAME = "recipe.json"
 RESULT_NAME = "result.json"
 PREDICTIONS_NAME = "predictions.npz"
+# Marks a predictions file whose missing OOD scores are the largest class probability.
+_IMPLIED_OOD = "ood_implied"
 EXPLAIN_NAME = "explain.json"
 MODEL_DIR = "model"
 
@@ -105,25 +109,37 @@ def check_resumable(recipe: Recipe, out: Path) -> None:
 
 
 def save_predictions(folder: Path, outputs: Outputs) -> None:
-    arrays = {f"labels/{name}": values for name, values in outputs.labels.items()}
-    for kind in ("probs", "ood"):
-        arrays.update(
-            {
-                f"{kind}/{name}/{variant}": values
-                for name, variants in getattr(outputs, kind).items()
-                for variant, values in variants.items()
-            }
-        )
+    """Writes a cell's outputs. An OOD score that is exactly the largest class probability (the
+    ``"confidence"`` score) is not stored: the file is marked (``ood_implied``) and loading
+    recomputes it, which keeps run folders a quarter smaller."""
+    arrays: dict[str, np.ndarray] = {_IMPLIED_OOD: np.array(True)}
+    arrays.update({f"labels/{name}": values for name, values in outputs.labels.items()})
+    for name, variants in outputs.probs.items():
+        arrays.update({f"probs/{name}/{variant}": probs for variant, probs in variants.items()})
+    for name, variants in outputs.ood.items():
+        for variant, ood in variants.items():
+            probs = outputs.probs.get(name, {}).get(variant)
+            implied = (
+                probs is not None
+                and ood.dtype == probs.dtype
+                and np.array_equal(ood, probs.max(axis=1))
+            )
+            if not implied:
+                arrays[f"ood/{name}/{variant}"] = ood
     with staged(folder / PREDICTIONS_NAME) as tmp, open(tmp, "wb") as file:
         np.savez_compressed(file, **arrays)
 
 
 def load_predictions(folder: Path, ood_score: str) -> Outputs:
-    """A finished cell's outputs. Folders written before OOD scores were stored get the
-    ``"confidence"`` score (the largest class probability), the only one they used."""
+    """A finished cell's outputs, each OOD score that was left out recomputed. Folders written
+    before OOD scores were stored get the ``"confidence"`` score (the largest class probability),
+    the only one they used."""
     outputs = Outputs({}, {}, {})
     with np.load(folder / PREDICTIONS_NAME) as arrays:
+        implied = _IMPLIED_OOD in arrays.files
         for key in arrays.files:
+            if key == _IMPLIED_OOD:
+                continue
             kind, name, *variant = key.split("/")
             if kind == "labels":
                 outputs.labels[name] = arrays[key]
@@ -132,7 +148,7 @@ def load_predictions(folder: Path, ood_score: str) -> Outputs:
     for name, variants in outputs.probs.items():
         for variant, probs in variants.items():
             if variant not in outputs.ood.get(name, {}):
-                if ood_score != "confidence":
+                if not implied and ood_score != "confidence":
                     raise ValueError(
                         f"{folder / PREDICTIONS_NAME} holds no OOD scores (written by an older "
                         f"nlpcal) and the recipe asks for ood_score {ood_score!r}: rerun the "
