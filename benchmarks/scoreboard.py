@@ -4,6 +4,7 @@ Each shift is one finished run of ``nlpcal bench`` (its ``results.json``); nothi
 
     python benchmarks/scoreboard.py \
         --run "SST-2 → IMDb / Yelp / Amazon=benchmarks/results/sst2_overconfident_cpu" \
+        --run "SNLI → MNLI=benchmarks/results/snli_mnli_overconfident_cpu" \
         --run "AG News → its corrupted copies=benchmarks/results/agnews_corrupt_overconfident_cpu" \
         --run "SST-2 → IMDb / Yelp / Amazon, full scale on one GPU=benchmarks/results/gpu_h200/sst2_shift" \
         --run "SNLI → MNLI, full scale on one GPU=benchmarks/results/gpu_h200/snli_mnli" \
