@@ -1,7 +1,8 @@
 """benchmarks/gpu: ``prepare.py`` fills a carry folder that stays under the size limit and holds
 what the device needs, and ``run.sh --smoke`` runs the whole path on CPU: the wheels installed
-into a fresh target, the data unpacked and checked, the recipes' phases through the runner (seeds
-added on resume), the results packed into $OUT.
+into a fresh target, the data unpacked and checked, four of the five phases through the runner
+(seeds added on resume; the fifth, sst2_shift_seeds01, is the same path), the results packed into
+$OUT.
 
 Offline: the wheels come from a prepared ``.gpu_carry/wheels`` when it holds every pinned one,
 else from fake wheels of the same names and versions built here (valid wheels, no real package).
@@ -124,8 +125,8 @@ def test_size_rule(prepare, tmp_path):
 @pytest.mark.slow  # three runner processes and drift_default.py on CPU: about three minutes
 def test_smoke_run_brings_the_results_back(carry, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
-    # Every phase but sst2_shift_seeds01 (the same path as seeds012, one seed fewer): --phases as
-    # a device call would pass it.
+    # Every phase but sst2_shift_seeds01 (the same path as seeds012, one seed fewer), chosen with
+    # --phases (also checked here: a device call may pass it).
     phases = "sst2_shift,drift_default,snli_mnli,sst2_shift_seeds012"
     command = ["bash", str(GPU / "run.sh"), "--smoke", "--phases", phases]
     done = subprocess.run(
