@@ -218,7 +218,6 @@ def test_cell_metrics_are_those_of_its_saved_probabilities(finished):
         ood=ood["sst2_c5"]["vector"],
         in_domain_ood=ood["sst2"]["vector"],
     )
-    np.testing.assert_allclose(ood["sst2"]["vector"], saved["probs/sst2/vector"].max(1))
     assert cell["metrics"]["sst2_c5"]["vector"] == pytest.approx(expected)
     # Post-hoc scaling never changes the argmax; vector scaling may.
     before, after = saved["probs/sst2/none"], saved["probs/sst2/temperature"]
